@@ -1,0 +1,128 @@
+"""The outbound queue and the message log.
+
+The queue is rows: a QueuedMessage holds the bytes exactly as they will be sent, and each
+recipient has its own row with state, attempts and next attempt time. Celery only executes what
+these rows describe, so a lost broker message delays mail but never loses it.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from django.db import models
+from django.utils import timezone
+
+from domains.models import Domain
+
+
+def new_queue_id() -> str:
+    return secrets.token_hex(8).upper()
+
+
+class QueuedMessage(models.Model):
+    class Source(models.TextChoices):
+        SUBMISSION = "submission"
+        INBOUND = "inbound"       # forwarded from an alias or a mailbox's forwarding
+        WEBMAIL = "webmail"
+        DSN = "dsn"
+        AUTOREPLY = "autoreply"
+
+    queue_id = models.CharField(max_length=32, unique=True, default=new_queue_id)
+    sender = models.CharField(max_length=254, blank=True, help_text="envelope sender; empty: <>")
+    data = models.BinaryField()
+    size = models.PositiveIntegerField(default=0)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.SUBMISSION)
+    auth_user = models.CharField(max_length=254, blank=True)
+    sender_domain = models.ForeignKey(
+        Domain, null=True, blank=True, on_delete=models.SET_NULL, related_name="queued_messages"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.queue_id} from <{self.sender}>"
+
+
+class QueuedRecipient(models.Model):
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        IN_FLIGHT = "in_flight"
+        DEFERRED = "deferred"
+        DELIVERED = "delivered"
+        BOUNCED = "bounced"
+        EXPIRED = "expired"
+
+    PENDING_STATES = (State.QUEUED, State.IN_FLIGHT, State.DEFERRED)
+
+    message = models.ForeignKey(QueuedMessage, on_delete=models.CASCADE, related_name="recipients")
+    address = models.CharField(max_length=254)
+    original_address = models.CharField(max_length=254, blank=True)
+    domain = models.CharField(max_length=253, help_text="recipient's domain, A-label")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_reply = models.TextField(blank=True)
+    tls_version = models.CharField(max_length=32, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    delay_warned = models.BooleanField(default=False)
+    dsn_sent = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["next_attempt_at"]
+        indexes = [
+            # The claim query: due rows in a pending state, oldest due first.
+            models.Index(fields=["state", "next_attempt_at"], name="queue_due_idx"),
+            models.Index(fields=["domain", "state"], name="queue_dest_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.state})"
+
+
+class MessageLog(models.Model):
+    """One row per accepted or refused message per hosted domain involved, for the portal."""
+
+    class Direction(models.TextChoices):
+        INBOUND = "inbound"
+        SUBMISSION = "submission"
+        OUTBOUND = "outbound"
+
+    class Result(models.TextChoices):
+        ACCEPTED = "accepted"
+        REFUSED = "refused"
+        DELIVERED = "delivered"
+        DEFERRED = "deferred"
+        BOUNCED = "bounced"
+        EXPIRED = "expired"
+
+    created_at = models.DateTimeField(default=timezone.now)
+    domain = models.ForeignKey(
+        Domain, null=True, blank=True, on_delete=models.CASCADE, related_name="message_logs"
+    )
+    direction = models.CharField(max_length=16, choices=Direction.choices)
+    result = models.CharField(max_length=16, choices=Result.choices)
+    queue_id = models.CharField(max_length=32, blank=True, db_index=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    helo = models.CharField(max_length=255, blank=True)
+    tls = models.CharField(max_length=64, blank=True)
+    auth_user = models.CharField(max_length=254, blank=True)
+    mail_from = models.CharField(max_length=254, blank=True)
+    recipients = models.TextField(blank=True, help_text="comma separated")
+    subject = models.CharField(max_length=255, blank=True)
+    size = models.PositiveIntegerField(default=0)
+    reply = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The portal's per-domain log page, newest first.
+            models.Index(fields=["domain", "-created_at"], name="log_domain_recent_idx"),
+            models.Index(fields=["-created_at"], name="log_recent_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.direction} {self.result} {self.mail_from}"

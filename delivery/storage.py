@@ -1,0 +1,54 @@
+"""Accepting a message for its recipients: Maildir copies for local mailboxes, queue rows for
+remote destinations. Every path that accepts mail (SMTP inbound and submission, webmail, DSNs)
+comes through `store_message`, so "durable before 250" holds in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.db.models import F
+
+from mailboxes.models import Mailbox
+
+from . import maildir
+from .models import QueuedMessage
+from .queue import enqueue
+
+
+class OverQuota(Exception):
+    """A mailbox cannot take the message; callers answer 452 4.2.2 (RFC 3463)."""
+
+    def __init__(self, mailbox: Mailbox):
+        super().__init__(f"{mailbox.address} is over its quota")
+        self.mailbox = mailbox
+
+
+@dataclass
+class Stored:
+    local_paths: dict[str, str] = field(default_factory=dict)   # mailbox address -> file
+    queued: QueuedMessage | None = None
+
+
+def deliver_local(mailbox: Mailbox, data: bytes) -> str:
+    """Write one copy to the mailbox's Maildir (fsynced) and count it against the quota."""
+    if mailbox.is_over_quota(len(data)):
+        raise OverQuota(mailbox)
+    path = maildir.deliver(mailbox.maildir, data)
+    Mailbox.objects.filter(pk=mailbox.pk).update(used_bytes=F("used_bytes") + len(data))
+    return str(path)
+
+
+def store_message(sender: str, mailboxes: list[Mailbox], remote: list[str], data: bytes, *,
+                  source: str = QueuedMessage.Source.SUBMISSION, auth_user: str = "") -> Stored:
+    """Make the message durable for every recipient; return where each copy went.
+
+    Returns only when each local copy is fsynced in new/ and the queue row for remote recipients
+    is committed: the caller may then answer 250.
+    """
+    stored = Stored()
+    for mailbox in dict.fromkeys(mailboxes):
+        stored.local_paths[mailbox.address] = deliver_local(mailbox, data)
+    if remote:
+        stored.queued = enqueue(sender, list(remote), data, source=source, auth_user=auth_user)
+    return stored

@@ -1,0 +1,120 @@
+"""Who an address reaches: the one answer used by SMTP RCPT, webmail, forwarding and Dovecot.
+
+Resolution order for `local@domain`: the domain (or its alias domain's target), then subaddress
+stripping (`user+tag`), then a mailbox, then an alias, then the catch-all. Aliases expand
+recursively with a visited set, so alias loops end instead of spinning; a mailbox's own
+forwarding applies after expansion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from domains.models import Domain, DomainAlias
+from mailhost.addresses import AddressError, parse_address
+
+from .models import Alias, Mailbox
+
+MAX_EXPANSION_DEPTH = 10
+
+
+class Verdict(Enum):
+    DELIVER = "deliver"
+    UNKNOWN_USER = "unknown user"        # hosted domain, no such address: 550 5.1.1
+    NOT_HOSTED = "not hosted"            # relay attempt: 550 5.7.1
+    BAD_ADDRESS = "bad address"          # syntax or routing tricks: 550 5.1.3
+    DISABLED = "disabled"                # mailbox or domain suspended: 550 5.2.1
+
+
+@dataclass
+class Resolution:
+    verdict: Verdict
+    mailboxes: list[Mailbox] = field(default_factory=list)
+    remote: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is Verdict.DELIVER
+
+
+def hosted_domain_for(name: str) -> Domain | None:
+    domain = Domain.objects.filter(name=name).first()
+    if domain is None:
+        alias = DomainAlias.objects.select_related("target").filter(name=name, active=True).first()
+        domain = alias.target if alias else None
+    return domain
+
+
+def is_hosted(name: str) -> bool:
+    return hosted_domain_for(name) is not None
+
+
+def resolve(address: str) -> Resolution:
+    try:
+        addr = parse_address(address)
+    except AddressError as exc:
+        return Resolution(Verdict.BAD_ADDRESS, reason=str(exc))
+    domain = hosted_domain_for(addr.domain)
+    if domain is None:
+        return Resolution(Verdict.NOT_HOSTED, reason=f"{addr.domain} is not hosted here")
+    if not domain.active:
+        return Resolution(Verdict.DISABLED, reason=f"{domain.name} is suspended")
+    mailboxes: dict[int, Mailbox] = {}
+    remote: dict[str, None] = {}
+    found = _expand(domain, addr.local, mailboxes, remote, visited=set(), depth=0)
+    if not found:
+        return Resolution(Verdict.UNKNOWN_USER, reason=f"{addr.local}@{domain.name} does not exist")
+    if not mailboxes and not remote:
+        return Resolution(Verdict.DISABLED, reason="every destination is disabled")
+    return Resolution(Verdict.DELIVER, list(mailboxes.values()), list(remote))
+
+
+def _expand(domain: Domain, local: str, mailboxes: dict, remote: dict, visited: set,
+            depth: int) -> bool:
+    """Add what `local@domain` reaches; False when the address does not exist at all."""
+    key = f"{local}@{domain.name}"
+    if key in visited or depth > MAX_EXPANSION_DEPTH:
+        return True
+    visited.add(key)
+    base = local.split("+", 1)[0] or local
+    for candidate in dict.fromkeys((local, base)):
+        mailbox = (Mailbox.objects.select_related("domain", "user")
+                   .filter(domain=domain, local_part=candidate).first())
+        if mailbox is not None:
+            _add_mailbox(mailbox, mailboxes, remote, visited, depth)
+            return True
+        alias = Alias.objects.filter(domain=domain, local_part=candidate, active=True).first()
+        if alias is not None:
+            _add_destinations(alias.destinations, mailboxes, remote, visited, depth)
+            return True
+    catch_all = Alias.objects.filter(domain=domain, local_part="", active=True).first()
+    if catch_all is not None:
+        _add_destinations(catch_all.destinations, mailboxes, remote, visited, depth)
+        return True
+    return False
+
+
+def _add_mailbox(mailbox: Mailbox, mailboxes: dict, remote: dict, visited: set, depth: int) -> None:
+    if not mailbox.can_receive:
+        return
+    if mailbox.forward_to:
+        _add_destinations(mailbox.forward_to, mailboxes, remote, visited | {mailbox.address}, depth)
+        if not mailbox.forward_keep_copy:
+            return
+    mailboxes[mailbox.pk] = mailbox
+
+
+def _add_destinations(destinations: list[str], mailboxes: dict, remote: dict, visited: set,
+                      depth: int) -> None:
+    for dest in destinations:
+        try:
+            addr = parse_address(dest)
+        except AddressError:
+            continue
+        target = hosted_domain_for(addr.domain)
+        if target is None:
+            remote[str(addr)] = None
+        elif target.active:
+            _expand(target, addr.local, mailboxes, remote, visited, depth + 1)

@@ -1,0 +1,213 @@
+"""Settings for mailhost.
+
+Every setting comes from the environment (django-environ) with a default that works on a
+fresh checkout: SQLite, a filesystem Celery broker, a Maildir tree under var/. Relative paths are
+taken relative to the project root, not the working directory, so the SMTP service, the
+worker and the web app started from anywhere agree on where mail lives.
+"""
+
+import ipaddress
+import socket
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+
+
+def project_path(value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else BASE_DIR / path
+
+
+def host_port(name: str, value: str) -> tuple[str, int]:
+    """Parse `host:port` or `[v6]:port`, naming the variable when it is malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ImproperlyConfigured(f"{name}: expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _resolvers(value: str) -> list[tuple[str, int]]:
+    out = []
+    for item in filter(None, (p.strip() for p in value.split(","))):
+        if item.count(":") == 1 or item.startswith("["):
+            host, port = host_port("DNS_RESOLVERS", item)
+        else:
+            host, port = item, 53
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"DNS_RESOLVERS: {host!r} is not an IP address") from exc
+        out.append((host, port))
+    return out
+
+
+def _public_ips(value: str) -> list[str]:
+    out = []
+    for item in filter(None, (p.strip() for p in value.split(","))):
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"MAIL_PUBLIC_IPS: {item!r} is not an IP address") from exc
+    return out
+
+
+SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-mailhost-secret-key-change-me-in-production")
+DEBUG = env.bool("DEBUG", default=True)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+DATABASES = {"default": env.db_url("DATABASE_URL", default="sqlite:///var/db.sqlite3")}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    if _db["NAME"] not in ("", ":memory:"):
+        _db["NAME"] = str(project_path(_db["NAME"]))
+        Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Web, SMTP service and worker share one file: WAL and IMMEDIATE transactions keep
+    # concurrent writers from failing with "database is locked" (FIELD-NOTES).
+    _db.setdefault("OPTIONS", {})
+    _db["OPTIONS"].update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+    _db.setdefault("TEST", {})["NAME"] = str(VAR_DIR / "test-db.sqlite3")
+else:
+    _db.setdefault("CONN_MAX_AGE", 60)
+    _db.setdefault("CONN_HEALTH_CHECKS", True)
+
+MAIL_ROOT = project_path(env.str("MAIL_ROOT", default="var/mail"))
+MAIL_HOSTNAME = env.str("MAIL_HOSTNAME", default="") or socket.getfqdn()
+MAIL_PUBLIC_IPS = _public_ips(env.str("MAIL_PUBLIC_IPS", default=""))
+DNS_RESOLVERS = _resolvers(env.str("DNS_RESOLVERS", default=""))
+SMTP_OUTBOUND_PORT = env.int("SMTP_OUTBOUND_PORT", default=25)
+_relay = env.str("SMTP_RELAY_HOST", default="")
+SMTP_RELAY_HOST = host_port("SMTP_RELAY_HOST", _relay) if _relay else None
+SMTP_TLS_CERT = env.str("SMTP_TLS_CERT", default="")
+SMTP_TLS_KEY = env.str("SMTP_TLS_KEY", default="")
+if bool(SMTP_TLS_CERT) != bool(SMTP_TLS_KEY):
+    raise ImproperlyConfigured("SMTP_TLS_CERT and SMTP_TLS_KEY must be set together")
+TLS_DIR = VAR_DIR / "tls"
+
+# Limits the SMTP service announces and enforces (DESIGN.md, "Limits").
+SMTP_MAX_MESSAGE_SIZE = env.int("SMTP_MAX_MESSAGE_SIZE", default=25 * 1024 * 1024)
+SMTP_MAX_RECIPIENTS = env.int("SMTP_MAX_RECIPIENTS", default=100)
+SMTP_MAX_CONNECTIONS_PER_IP = env.int("SMTP_MAX_CONNECTIONS_PER_IP", default=100)
+SMTP_MAX_CONNECTIONS = env.int("SMTP_MAX_CONNECTIONS", default=1000)
+SMTP_AUTH_MAX_FAILURES = env.int("SMTP_AUTH_MAX_FAILURES", default=10)
+SMTP_AUTH_WINDOW = env.int("SMTP_AUTH_WINDOW", default=600)
+
+MIN_PASSWORD_LENGTH = env.int("MIN_PASSWORD_LENGTH", default=8)
+DKIM_SELECTOR_PREFIX = env.str("DKIM_SELECTOR_PREFIX", default="mh")
+QUEUE_LIFETIME = env.int("QUEUE_LIFETIME", default=5 * 24 * 3600)
+QUEUE_DELAY_WARNING = env.int("QUEUE_DELAY_WARNING", default=4 * 3600)
+
+# Celery: the embedded default is kombu's filesystem transport, which needs no server.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_RESULT_BACKEND = env.str(
+    "CELERY_RESULT_BACKEND",
+    default=CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "file://"
+    + str(VAR_DIR / "celery" / "results"),
+)
+CELERY_BROKER_DIR = VAR_DIR / "celery" / "broker"
+if CELERY_BROKER_URL.startswith("filesystem"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(CELERY_BROKER_DIR),
+        "data_folder_out": str(CELERY_BROKER_DIR),
+        "processed_folder": str(VAR_DIR / "celery" / "processed"),
+        "store_processed": False,
+    }
+    for _folder in (CELERY_BROKER_DIR, VAR_DIR / "celery" / "processed"):
+        _folder.mkdir(parents=True, exist_ok=True)
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+if CELERY_RESULT_BACKEND.startswith("file://"):
+    Path(CELERY_RESULT_BACKEND.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_EXPIRES = 3600
+CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "mailboxes",
+    "domains",
+    "delivery",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mailhost.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+WSGI_APPLICATION = "mailhost.wsgi.application"
+ASGI_APPLICATION = "mailhost.asgi.application"
+
+AUTH_USER_MODEL = "mailboxes.User"
+AUTHENTICATION_BACKENDS = ["mailboxes.backends.MailAccountBackend"]
+# The first hasher writes every new hash; it is argon2id with p=1, which Dovecot (libsodium)
+# verifies too. The others are read so old hashes still log in and get rehashed.
+PASSWORD_HASHERS = [
+    "mailboxes.passwords.MailArgon2Hasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": MIN_PASSWORD_LENGTH},
+    },
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}

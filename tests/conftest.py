@@ -1,0 +1,90 @@
+"""Shared actors and real components for the whole suite.
+
+Actors (STYLE.md): alice administers example.org, bob is a mailbox in example.org, charlie
+administers other.test. Every portal and API test shows charlie getting 404 for example.org.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.dns_server import dns_server  # noqa: F401 - fixture for DNS-dependent tests
+from tests.support import PASSWORD, ROOT, free_port, need_program, subprocess_env, wait_for_port  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def mail_root(settings, tmp_path):
+    """Each test gets its own Maildir tree and a fixed host name."""
+    settings.MAIL_ROOT = tmp_path / "mail"
+    settings.MAIL_HOSTNAME = "mail.mailhost.test"
+    settings.MAIL_PUBLIC_IPS = ["127.0.0.1"]
+    return settings.MAIL_ROOT
+
+
+@pytest.fixture
+def example_org(db):
+    from domains.provisioning import create_domain
+
+    return create_domain("example.org")
+
+
+@pytest.fixture
+def other_test(db):
+    from domains.provisioning import create_domain
+
+    return create_domain("other.test")
+
+
+@pytest.fixture
+def bob(example_org):
+    from mailboxes.provisioning import create_mailbox
+
+    return create_mailbox("bob@example.org", PASSWORD, display_name="Bob")
+
+
+@pytest.fixture
+def alice(example_org):
+    from mailboxes.models import User
+
+    user = User.objects.create_user("alice", "alice@admins.test", PASSWORD)
+    example_org.admins.add(user)
+    return user
+
+
+@pytest.fixture
+def charlie(other_test):
+    from mailboxes.models import User
+
+    user = User.objects.create_user("charlie", "charlie@admins.test", PASSWORD)
+    other_test.admins.add(user)
+    return user
+
+
+@pytest.fixture
+def superadmin(db):
+    from mailboxes.models import User
+
+    return User.objects.create_superuser("root", "root@admins.test", PASSWORD)
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db):
+    """A real Celery worker (with beat) on the configured broker, seeing the test database."""
+    env = subprocess_env()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "mailhost", "worker", "--pool=solo",
+         "--without-gossip", "--without-mingle", "--loglevel=INFO"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,62 @@
+"""What an address reaches (mailboxes/directory.py): the answer RCPT TO relies on."""
+
+from domains.models import DomainAlias
+from mailboxes.directory import Verdict, resolve
+from mailboxes.provisioning import create_alias, create_mailbox
+from tests.support import PASSWORD
+
+
+def test_it_delivers_to_a_mailbox_in_any_case_and_with_a_tag(bob):
+    for address in ("bob@example.org", "BOB@EXAMPLE.ORG", "bob+news@example.org"):
+        result = resolve(address)
+        assert result.ok and result.mailboxes == [bob]
+
+
+def test_an_unknown_user_of_a_hosted_domain_is_unknown(bob):
+    assert resolve("nobody@example.org").verdict is Verdict.UNKNOWN_USER
+
+
+def test_an_unhosted_domain_is_not_hosted(bob):
+    assert resolve("bob@elsewhere.test").verdict is Verdict.NOT_HOSTED
+
+
+def test_routing_tricks_are_bad_addresses(bob):
+    for trick in ("bob%elsewhere.test@example.org", "elsewhere.test!bob@example.org",
+                  "@example.org:bob@elsewhere.test", '"bob@elsewhere.test"@example.org'):
+        assert resolve(trick).verdict is Verdict.BAD_ADDRESS, trick
+
+
+def test_an_alias_expands_to_local_and_remote_destinations(bob):
+    create_alias("team@example.org", ["bob@example.org", "ext@remote.test"])
+    result = resolve("team@example.org")
+    assert result.mailboxes == [bob] and result.remote == ["ext@remote.test"]
+
+
+def test_alias_loops_end(bob):
+    create_alias("a@example.org", ["b@example.org"])
+    create_alias("b@example.org", ["a@example.org", "bob@example.org"])
+    assert resolve("a@example.org").mailboxes == [bob]
+
+
+def test_the_catch_all_takes_unknown_users(bob):
+    create_alias("@example.org", ["bob@example.org"])
+    assert resolve("whoever@example.org").mailboxes == [bob]
+
+
+def test_a_domain_alias_reaches_the_target_domain(bob):
+    DomainAlias.objects.create(name="example.net", target=bob.domain)
+    assert resolve("bob@example.net").mailboxes == [bob]
+
+
+def test_a_suspended_mailbox_does_not_receive(bob):
+    bob.active = False
+    bob.save()
+    assert resolve("bob@example.org").verdict is Verdict.DISABLED
+
+
+def test_forwarding_without_a_copy_sends_only_to_the_target(example_org):
+    carol = create_mailbox("carol@example.org", PASSWORD)
+    carol.forward_to, carol.forward_keep_copy = ["carol@remote.test"], False
+    carol.save()
+    result = resolve("carol@example.org")
+    assert result.mailboxes == [] and result.remote == ["carol@remote.test"]
