@@ -13,7 +13,7 @@ import logging
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -40,7 +40,9 @@ def api_validation_error(exc: DjangoValidationError, *, rename: dict[str, str] |
 
 
 def exception_handler(exc, context):
-    if isinstance(exc, DjangoValidationError):
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()  # the same words for every kind of object: nothing to learn from them
+    elif isinstance(exc, DjangoValidationError):
         exc = api_validation_error(exc)
     elif isinstance(exc, ProtectedError):
         names = sorted({str(obj) for obj in list(exc.protected_objects)[:5]})

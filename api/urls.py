@@ -6,7 +6,6 @@ from . import views
 from .errors import not_found
 
 
-
 class Router(DefaultRouter):
     """The default router with its API root, without `.json` suffix URLs (JSON is the only format)."""
 

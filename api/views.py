@@ -17,17 +17,14 @@ from mailboxes.models import Alias, Mailbox, RelayCredential
 
 from . import serializers as s
 
-UPDATE_METHODS = ["get", "post", "patch", "delete", "head", "options"]
-
 
 def visible_domains(request):
     return Domain.objects.for_user(request.user)
 
 
 class TenantViewSet(viewsets.GenericViewSet):
-    """Lists and lookups limited to the requesting account's domains; updates only by PATCH."""
+    """Lists and lookups limited to the requesting account's domains."""
 
-    http_method_names = UPDATE_METHODS
     create_serializer_class: type | None = None
 
     def get_serializer_class(self):
@@ -49,6 +46,18 @@ class CreateMixin:
         return self.serializer_class(instance, context=self.get_serializer_context()).data
 
 
+class PatchMixin:
+    """Updates by PATCH only: a PUT that must resend every field invites clobbering the quota or
+    the password someone else just changed."""
+
+    def partial_update(self, request, *args, **kwargs):
+        serializer = self.get_serializer(self.get_object(), data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        with transaction.atomic():
+            serializer.save()
+        return Response(serializer.data)
+
+
 def choice_filter(request, name: str, choices) -> str | None:
     value = request.query_params.get(name)
     if value is None or value == "":
@@ -63,7 +72,7 @@ def choice_filter(request, name: str, choices) -> str | None:
     create=extend_schema(responses=s.DomainSerializer, description="Superadmins only."),
     destroy=extend_schema(description="Superadmins only; refused with 409 while mailboxes remain."),
 )
-class DomainViewSet(CreateMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin,
+class DomainViewSet(CreateMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, PatchMixin,
                     mixins.DestroyModelMixin, TenantViewSet):
     serializer_class = s.DomainSerializer
     create_serializer_class = s.DomainCreateSerializer
@@ -86,7 +95,7 @@ class DomainViewSet(CreateMixin, mixins.ListModelMixin, mixins.RetrieveModelMixi
     list=extend_schema(parameters=[OpenApiParameter("domain", int, description="only this domain's mailboxes")]),
     create=extend_schema(responses=s.MailboxSerializer),
 )
-class MailboxViewSet(CreateMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin,
+class MailboxViewSet(CreateMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, PatchMixin,
                      mixins.DestroyModelMixin, TenantViewSet):
     """A mailbox user sees only their own mailbox, read-only; admins see their domains' mailboxes."""
 
@@ -114,7 +123,7 @@ class MailboxViewSet(CreateMixin, mixins.ListModelMixin, mixins.RetrieveModelMix
     list=extend_schema(parameters=[OpenApiParameter("domain", int, description="only this domain's aliases")]),
     create=extend_schema(responses=s.AliasSerializer),
 )
-class AliasViewSet(CreateMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin,
+class AliasViewSet(CreateMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, PatchMixin,
                    mixins.DestroyModelMixin, TenantViewSet):
     serializer_class = s.AliasSerializer
     create_serializer_class = s.AliasCreateSerializer

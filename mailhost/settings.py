@@ -230,6 +230,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "api.errors.exception_handler",
     "NON_FIELD_ERRORS_KEY": "detail",
+    "DEFAULT_METADATA_CLASS": None,  # OPTIONS answers 405: the schema at /api/schema/ describes the API
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "mailhost API",
