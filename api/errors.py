@@ -14,6 +14,7 @@ from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError
 from django.http import Http404, JsonResponse
+from django.urls import Resolver404, resolve
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -59,5 +60,14 @@ def exception_handler(exc, context):
 
 
 def not_found(request, *args, **kwargs) -> JsonResponse:
-    """Unknown paths under /api/ answer in JSON like every other API error."""
-    return JsonResponse({DETAIL: "Not found."}, status=404)
+    """Unknown paths under /api/ answer in JSON like every other API error. This catch-all also
+    stops APPEND_SLASH from redirecting (which loses a POST body), so name the right path instead."""
+    detail = "Not found."
+    if not request.path_info.endswith("/"):
+        try:
+            match = resolve(request.path_info + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.func is not not_found:
+            detail = f"Not found. Did you mean {request.path}/ (with the trailing slash)?"
+    return JsonResponse({DETAIL: detail}, status=404)

@@ -107,6 +107,8 @@ def test_not_found_unknown_paths_wrong_methods_and_media_types_are_json(api, ali
     assert client.get("/api/mailboxes/999999/").json() == {"detail": "Not found."}
     missing = client.get("/api/no-such-thing/")
     assert (missing.status_code, missing.json()) == (404, {"detail": "Not found."})
+    slashless = client.post("/api/mailboxes", {"address": "x@example.org"}, format="json")
+    assert slashless.json() == {"detail": "Not found. Did you mean /api/mailboxes/ (with the trailing slash)?"}
     put = client.put(f"/api/mailboxes/{bob.pk}/", {"quota": 1}, format="json")
     assert (put.status_code, put.json()) == (405, {"detail": 'Method "PUT" not allowed.'})
     form = client.post("/api/mailboxes/", {"address": "x@example.org"})  # multipart, not JSON
