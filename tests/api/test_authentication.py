@@ -114,3 +114,19 @@ def test_a_token_write_needs_no_csrf_token(alice, example_org):
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
     response = client.post("/api/mailboxes/", {"address": "dave@example.org", "password": PASSWORD}, format="json")
     assert response.status_code == 201
+
+
+def test_revokeapitoken_revokes_by_prefix_or_for_a_whole_account(alice, bob):
+    first, first_plain = ApiToken.issue(alice, "one")
+    _, second_plain = ApiToken.issue(alice, "two")
+    _, bobs = ApiToken.issue(bob.user)
+    out = io.StringIO()
+    call_command("revokeapitoken", first.prefix, stdout=out)
+    assert f"revoked {first.prefix}" in out.getvalue()
+    assert bearer(first_plain).get("/api/domains/").status_code == 401
+    assert bearer(second_plain).get("/api/domains/").status_code == 200
+    call_command("revokeapitoken", "--account", "alice", stdout=io.StringIO())
+    assert bearer(second_plain).get("/api/domains/").status_code == 401
+    assert bearer(bobs).get("/api/mailboxes/").status_code == 200
+    with pytest.raises(CommandError, match="no active token"):
+        call_command("revokeapitoken", first.prefix)

@@ -16,12 +16,13 @@ def address_error(address: str) -> str:
 
 
 @pytest.mark.parametrize("address", ["a/../b@example.org", "x%y@example.org", "bob@[127.0.0.1]", "a@b@example.org"])
-def test_a_mailbox_with_a_bad_address_is_refused_with_the_address_rules_message(api, alice, address):
+def test_a_mailbox_with_a_bad_address_is_refused_with_the_address_rules_message(api, alice, address, mail_root):
     users, mailboxes = User.objects.count(), Mailbox.objects.count()
     response = api(alice).post("/api/mailboxes/", {"address": address, "password": PASSWORD}, format="json")
     assert response.status_code == 400
     assert response.json() == {"address": [address_error(address)]}
     assert (User.objects.count(), Mailbox.objects.count()) == (users, mailboxes)
+    assert not mail_root.exists() or not any(mail_root.rglob("*"))
 
 
 def test_a_short_password_is_refused_on_the_password_field(api, alice, mail_root):
