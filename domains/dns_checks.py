@@ -151,8 +151,9 @@ class Lookup:
         return found, alias
 
 
-def dns_name(name) -> str:
-    return name.to_text(omit_final_dot=True).lower() if isinstance(name, dns.name.Name) else str(name)
+def dns_name(name: dns.name.Name) -> str:
+    """Lower case, no trailing dot; the root (a null MX or SRV target) becomes ""."""
+    return "" if name == dns.name.root else name.to_text(omit_final_dot=True).lower()
 
 
 def tags(value: str) -> dict[str, str]:
@@ -581,7 +582,7 @@ def run_checks(domain: Domain, only: tuple[str, ...] | None = None) -> list[Chec
     pool.shutdown(wait=False, cancel_futures=True)
     results = []
     for (key, _), future in zip(jobs, futures, strict=True):
-        if future.done():
+        if future.done() and not future.cancelled():
             results.append(future.result())
         else:
             late = _result(ctx, key, ERROR, f"(no answer within {timeout:g} s)", "The DNS servers are slow or "
