@@ -399,7 +399,7 @@ def _mx_pattern_matches(pattern: str, host: str) -> bool:
 
 
 def check_mta_sts_policy(ctx: Context) -> CheckResult:
-    expected = f"https://mta-sts.{ctx.name}{POLICY_PATH}: " + policy_text().replace("\n", "; ").strip("; ")
+    expected = f"https://mta-sts.{ctx.name}{POLICY_PATH}: " + "; ".join(policy_text().splitlines())
     fix = (f"Point mta-sts.{ctx.name} at {ctx.host} (CNAME) with a certificate valid for that name; "
            f"{ctx.host} serves the policy.")
     try:

@@ -28,6 +28,8 @@ class Command(BaseCommand):
         else:
             for r in results:
                 line = f"{r.status.upper():8} {r.check:18} found: {r.found}  expected: {r.expected}"
-                self.stdout.write(line + (f"  fix: {r.hint}" if r.hint else ""))
+                line += f"  fix: {r.hint}" if r.hint else ""
+                # one line per check, whatever a TXT record on the wire contains
+                self.stdout.write(" ".join(line.splitlines()))
         if not required_ok(results):
             raise SystemExit(1)
