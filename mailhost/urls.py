@@ -1,9 +1,11 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
+    path("domains/<int:pk>/dns/", include("domains.wizard_urls")),
+    path("", include("domains.wellknown_urls")),
 ]
