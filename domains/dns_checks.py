@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import dns.exception
 import dns.flags
@@ -114,8 +114,10 @@ class Lookup:
         port = settings.DNS_AUTHORITATIVE_PORT
         res.nameservers = [dns.nameserver.Do53Nameserver(a, port) for a in sorted(set(addresses))]
         res.cache = None
-        res.lifetime = lifetime
-        res.timeout = min(2.0, lifetime)
+        # Short, so an unreachable authoritative server (port 53 filtered) still leaves time to
+        # fall back to the configured resolvers within the run's bound.
+        res.lifetime = min(3.0, lifetime / 3)
+        res.timeout = min(1.0, res.lifetime)
         return res
 
     def answer(self, name: str, rtype: str, *, zone: bool = True) -> dns.resolver.Answer | None:
@@ -177,7 +179,6 @@ class Context:
     token_verified: bool
     lookup: Lookup
     timeout: float
-    results: dict = field(default_factory=dict)
 
 
 def _result(ctx: Context, key: str, status: str, found: str, hint: str = "", expected: str | None = None):
