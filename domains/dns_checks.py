@@ -245,10 +245,11 @@ def _spf_all(record: str) -> str | None:
     return "redirect" if any(t.lower().startswith("redirect=") for t in terms) else None
 
 
-def _spf_eval(ctx: Context, record: str, ip: str) -> tuple[str, str, int]:
+def _spf_eval(ctx: Context, record: str, ip: str) -> tuple[str, str]:
+    """pyspf's verdict for mail from `ip`; a fresh query object each time, so nothing is cached."""
     query = spf.query(i=ip, s=f"postmaster@{ctx.name}", h=ctx.host, querytime=ctx.timeout)
     result, _code, explanation = query.check(spf=record)
-    return result, explanation, query.lookups
+    return result, explanation
 
 
 def check_spf(ctx: Context) -> CheckResult:
@@ -268,13 +269,16 @@ def check_spf(ctx: Context) -> CheckResult:
                        f"'{ending}' lets anyone send as {ctx.name}: end the record with -all (or ~all). {fix}")
     if ending is None:
         return _result(ctx, "spf", ERROR, found, f"The record does not end in -all or ~all. {fix}")
-    result, explanation, lookups = _spf_eval(ctx, record, SPF_PROBE_IP)
-    if result in ("permerror", "temperror"):
-        return _result(ctx, "spf", ERROR, f"{found} ({result}: {explanation})",
-                       "The record cannot be evaluated: at most 10 DNS-querying terms (include, a, mx, ptr, "
-                       f"exists, redirect) and 2 void lookups (RFC 7208 4.6.4). {fix}")
+    result, explanation = _spf_eval(ctx, record, SPF_PROBE_IP)
+    if result == "temperror":
+        return _result(ctx, "spf", ERROR, f"{found} (temperror: {explanation})",
+                       "A DNS lookup the record needs (an include, a, mx) failed: check again in a moment.")
+    if result == "permerror":
+        return _result(ctx, "spf", ERROR, f"{found} (permerror: {explanation})",
+                       "Receivers cannot evaluate the record: only valid mechanisms, at most 10 DNS-querying "
+                       f"terms (include, a, mx, ptr, exists, redirect) and 2 void lookups (RFC 7208 4.6.4). {fix}")
     for ip in ctx.ips:
-        result, explanation, lookups = _spf_eval(ctx, record, ip)
+        result, _ = _spf_eval(ctx, record, ip)
         if result != "pass":
             return _result(ctx, "spf", ERROR, f"{found} ({ip}: {result})",
                            f"The record does not authorise this server's address {ip}. {fix}")
