@@ -10,6 +10,7 @@ import datetime
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 from cryptography import x509
@@ -120,3 +121,29 @@ def policy_server(tmp_path, settings):
     settings.MTA_STS_CA_FILE = str(server.ca_file)
     yield server
     server.close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class DjangoHttps:
+    """The project's own WSGI app over HTTPS on 127.0.0.1, so the checker fetches the policy that
+    /.well-known/mta-sts.txt really serves."""
+
+    def __init__(self, tmp_path, names: list[str]):
+        from django.core.wsgi import get_wsgi_application
+
+        self.ca_file, cert_file, key_file = _certificate(tmp_path, names)
+        self.httpd = make_server("127.0.0.1", 0, get_wsgi_application(), handler_class=_QuietHandler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -17,7 +17,7 @@ from domains.dns_checks import record_checks, required_ok, run_checks
 from domains.models import DnsCheck
 from domains.records import txt_strings
 from tests.dns_server import SOA, LoopbackDns
-from tests.domains.dns_fixtures import published_zone, serve_zones
+from tests.domains.dns_fixtures import DjangoHttps, published_zone, serve_zones
 from tests.support import need_program
 
 pytestmark = pytest.mark.django_db
@@ -258,6 +258,26 @@ def test_an_mta_sts_policy_behind_an_untrusted_certificate_is_not_accepted(check
     settings.MTA_STS_CA_FILE = ""  # the system's CAs do not know the test CA
     result = verdicts(example_org)["mta-sts-policy"]
     assert result.status == "warning" and "CERTIFICATE_VERIFY_FAILED" in result.found
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_policy_this_server_serves_passes_the_check(checker_dns, example_org, settings, tmp_path):
+    """End to end: DNS CNAME -> our host -> HTTPS -> the per-Host view -> the checker's verdict."""
+    server = DjangoHttps(tmp_path, ["mta-sts.example.org"])
+    try:
+        settings.ALLOWED_HOSTS = [".example.org"]
+        settings.MTA_STS_POLICY_PORT, settings.MTA_STS_CA_FILE = server.port, str(server.ca_file)
+        checker_dns.zone("example.org", *published_zone(example_org))
+        result = verdicts(example_org)["mta-sts-policy"]
+        assert (result.status, result.found) == (
+            "ok", "version: STSv1; mode: enforce; mx: mail.mailhost.test; max_age: 604800")
+        example_org.active = False
+        example_org.save()
+        result = verdicts(example_org)["mta-sts-policy"]
+        assert (result.status, result.found) == ("warning", "(cannot fetch: HTTP 404 (only 200 counts; redirects "
+                                                            "are not followed))")
+    finally:
+        server.close()
 
 
 def _signed_zone_lines(origin: str, lines: list[str]) -> list[str]:
