@@ -604,8 +604,13 @@ def required_ok(results: list[CheckResult]) -> bool:
     return all(r.status != ERROR for r in results if r.required)
 
 
-def record_checks(domain: Domain, results: list[CheckResult] | None = None) -> list[DnsCheck]:
-    """Run (or take) the checks and store them: one row per check, flagged when the verdict changed."""
+def record_checks(domain: Domain, results: list[CheckResult] | None = None, *,
+                  partial: bool = False) -> list[DnsCheck]:
+    """Run (or take) the checks and store them: one row per check, flagged when the verdict changed.
+
+    A full run also drops rows of checks that no longer exist (a retired DKIM selector); a partial
+    run (the ownership "verify" button) only updates its own rows.
+    """
     results = run_checks(domain) if results is None else results
     now = timezone.now()
     rows = []
@@ -621,7 +626,8 @@ def record_checks(domain: Domain, results: list[CheckResult] | None = None) -> l
             row.hint, row.required, row.checked_at = result.hint, result.required, now
             row.save()
             rows.append(row)
-        DnsCheck.objects.filter(pk__in=[row.pk for row in previous.values()]).delete()
+        if not partial:
+            DnsCheck.objects.filter(pk__in=[row.pk for row in previous.values()]).delete()
         ownership = next((r for r in results if r.check == "ownership"), None)
         if ownership and ownership.status == OK and domain.ownership_verified_at is None:
             domain.ownership_verified_at = now
@@ -632,8 +638,5 @@ def record_checks(domain: Domain, results: list[CheckResult] | None = None) -> l
 def verify_ownership(domain: Domain) -> CheckResult:
     """The wizard's "verify" button: only the token check, stored like any other run."""
     results = run_checks(domain, only=("ownership",))
-    result = results[0]
-    if result.status == OK and domain.ownership_verified_at is None:
-        domain.ownership_verified_at = timezone.now()
-        domain.save(update_fields=["ownership_verified_at"])
-    return result
+    record_checks(domain, results, partial=True)
+    return results[0]

@@ -89,6 +89,8 @@ def test_verify_sets_ownership_only_once_the_token_is_published(checker_dns, ali
     assert "Ownership of example.org is verified." in response.content.decode()
     example_org.refresh_from_db()
     assert example_org.ownership_verified_at is not None
+    row = DnsCheck.objects.get(domain=example_org)
+    assert (row.key, row.status, row.changed, row.previous_status) == ("ownership", "ok", True, "warning")
 
 
 def test_check_now_stores_and_shows_each_verdict_and_flags_a_change(checker_dns, alice, example_org):
