@@ -269,6 +269,9 @@ def check_spf(ctx: Context) -> CheckResult:
                        f"'{ending}' lets anyone send as {ctx.name}: end the record with -all (or ~all). {fix}")
     if ending is None:
         return _result(ctx, "spf", ERROR, found, f"The record does not end in -all or ~all. {fix}")
+    if not ctx.ips:
+        return _result(ctx, "spf", ERROR, found, "This server's public addresses are unknown (MAIL_HOSTNAME does "
+                       "not resolve): set MAIL_PUBLIC_IPS so the record can be checked against them.")
     result, explanation = _spf_eval(ctx, record, SPF_PROBE_IP)
     if result == "temperror":
         return _result(ctx, "spf", ERROR, f"{found} (temperror: {explanation})",
@@ -615,7 +618,10 @@ def record_checks(domain: Domain, results: list[CheckResult] | None = None, *,
     now = timezone.now()
     rows = []
     with transaction.atomic():
-        previous = {row.key: row for row in DnsCheck.objects.select_for_update().filter(domain=domain)}
+        # Lock the domain row: "check now" and the periodic run may store the same domain at once,
+        # and both would insert the first rows of a (domain, check) pair.
+        Domain.objects.select_for_update().filter(pk=domain.pk).first()
+        previous = {row.key: row for row in DnsCheck.objects.filter(domain=domain)}
         for result in results:
             row = previous.pop(result.check, None) or DnsCheck(domain=domain, key=result.check)
             changed = row.pk is not None and (row.status, row.found) != (result.status, result.found)
