@@ -4,3 +4,15 @@ from django.apps import AppConfig
 class DomainsConfig(AppConfig):
     name = "domains"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # pyspf and dkimpy resolve through dnspython's default resolver: point it at DNS_RESOLVERS
+        # so every lookup the platform makes uses the operator's resolvers (FIELD-NOTES, DNS).
+        from django.conf import settings
+
+        if settings.DNS_RESOLVERS:
+            import dns.resolver
+
+            from .dns_checks import configured_resolver
+
+            dns.resolver.default_resolver = configured_resolver(lifetime=10.0)

@@ -144,3 +144,37 @@ class DkimKey(models.Model):
         self.state = self.State.RETIRED
         self.retired_at = timezone.now()
         self.save(update_fields=["state", "retired_at"])
+
+
+class DnsCheck(models.Model):
+    """The latest verdict of one live DNS check for a domain, and whether it changed last run.
+
+    One row per (domain, check), updated in place: the wizard shows the current state and what
+    changed, and the periodic re-check of every domain does not grow a history table.
+    """
+
+    class Status(models.TextChoices):
+        OK = "ok"
+        WARNING = "warning"
+        ERROR = "error"
+        PENDING = "pending"
+
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="dns_checks")
+    key = models.CharField(max_length=80, help_text="the check: mx, spf, dkim:<selector>, dmarc, …")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    required = models.BooleanField(default=False)
+    found = models.TextField(blank=True)
+    expected = models.TextField(blank=True)
+    hint = models.TextField(blank=True)
+    checked_at = models.DateTimeField(default=timezone.now)
+    changed = models.BooleanField(default=False, help_text="status or found value differs from the previous run")
+    previous_status = models.CharField(max_length=16, blank=True)
+    previous_found = models.TextField(blank=True)
+    changed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["domain", "id"]
+        constraints = [models.UniqueConstraint(fields=["domain", "key"], name="dns_check_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.domain.name} {self.key}: {self.status}"

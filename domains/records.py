@@ -81,7 +81,10 @@ def expected_records(domain: Domain, ips: list[str] | None = None) -> list[Recor
         Record("spf", name, "TXT", spf_value(ips)),
     ]
     for key in domain.dkim_keys.exclude(state=DkimKey.State.RETIRED).order_by("created_at"):
-        records.append(Record(f"dkim:{key.selector}", key.dns_name, "TXT", key.txt_value))
+        # A pending key is published (and checked) before it signs; only a signing key is required.
+        pending = key.state == DkimKey.State.PENDING
+        records.append(Record(f"dkim:{key.selector}", key.dns_name, "TXT", key.txt_value, required=not pending,
+                              note="new key: publish it before it starts signing" if pending else ""))
     records += [
         Record("dmarc", f"_dmarc.{name}", "TXT", f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{name}"),
         Record("ownership", f"_mailhost.{name}", "TXT", f"mailhost-verification={domain.ownership_token}",

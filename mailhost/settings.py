@@ -136,6 +136,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BEAT_SCHEDULE: dict = {}
+# The DNS wizard's checks (domains/dns_checks.py): total time bound, the port authoritative servers
+# are asked on, where the MTA-STS policy is fetched and which CA file verifies it, re-check period.
+DNS_CHECK_TIMEOUT = env.float("DNS_CHECK_TIMEOUT", default=10.0)
+DNS_AUTHORITATIVE_PORT = env.int("DNS_AUTHORITATIVE_PORT", default=53)
+MTA_STS_POLICY_PORT = env.int("MTA_STS_POLICY_PORT", default=443)
+MTA_STS_CA_FILE = env.str("MTA_STS_CA_FILE", default="")
+DNS_RECHECK_INTERVAL = env.int("DNS_RECHECK_INTERVAL", default=6 * 3600)
+CELERY_BEAT_SCHEDULE["dns-recheck"] = {"task": "domains.tasks.recheck_all_domains", "schedule": DNS_RECHECK_INTERVAL}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
 
 INSTALLED_APPS = [

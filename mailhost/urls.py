@@ -8,4 +8,6 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("metrics", views.metrics, name="metrics"),
     path("api/", include("api.urls")),
+    path("domains/<int:pk>/dns/", include("domains.wizard_urls")),
+    path("", include("domains.wellknown_urls")),
 ]

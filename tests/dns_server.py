@@ -53,6 +53,7 @@ class LoopbackDns:
             '  username: ""',
             '  chroot: ""',
             f"  zonesdir: {self.workdir}",
+            '  database: ""',
             f"  pidfile: {self.workdir}/nsd.pid",
             f"  xfrdfile: {self.workdir}/xfrd.state",
             f"  zonelistfile: {self.workdir}/zone.list",
