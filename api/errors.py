@@ -40,6 +40,21 @@ def api_validation_error(exc: DjangoValidationError, *, rename: dict[str, str] |
     return exceptions.ValidationError(errors)
 
 
+def _flat_messages(value, prefix: str = "") -> list[str] | str:
+    """Errors of list items and nested objects come from DRF as dicts keyed by index or field;
+    the schema promises a list of strings per field, so name the item in the message instead."""
+    if isinstance(value, str):
+        return value
+    out: list[str] = []
+    items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+    for key, item in items:
+        label = f"{prefix}item {key}: " if isinstance(key, int) or str(key).isdigit() else (
+            f"{prefix}{key}: " if key is not None else prefix)
+        flat = _flat_messages(item, label) if not isinstance(item, str) else label + item
+        out.extend([flat] if isinstance(flat, str) else flat)
+    return out
+
+
 def exception_handler(exc, context):
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()  # the same words for every kind of object: nothing to learn from them
@@ -52,6 +67,8 @@ def exception_handler(exc, context):
                         status=status.HTTP_409_CONFLICT)
     response = drf_exception_handler(exc, context)
     if response is not None:
+        if isinstance(exc, exceptions.ValidationError) and isinstance(response.data, dict):
+            response.data = {key: _flat_messages(value) for key, value in response.data.items()}
         return response
     set_rollback()
     view = context.get("view")

@@ -131,3 +131,16 @@ def test_a_bug_is_a_json_500_never_an_html_page(api, alice, example_org, setting
     assert response.status_code == 500
     assert response["Content-Type"] == "application/json"
     assert response.json() == {"detail": "Internal server error."}
+
+
+
+def test_an_error_in_one_list_item_is_a_flat_message_naming_the_item(client, alice):
+    from api.models import ApiToken
+
+    _, token = ApiToken.issue(alice, "t")
+    response = client.post("/api/aliases/", {"address": "x@example.org", "destinations": ["ok@remote.test", "a\x00b"]},
+                           content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 400
+    errors = response.json()["destinations"]
+    assert all(isinstance(message, str) for message in errors)
+    assert any(message.startswith("item 1: ") for message in errors), errors
