@@ -135,6 +135,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE["recount-mailbox-usage"] = {"task": "webmail.tasks.recount_mailbox_usage", "schedule": 900}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
 
 INSTALLED_APPS = [
@@ -147,6 +148,7 @@ INSTALLED_APPS = [
     "mailboxes",
     "domains",
     "delivery",
+    "webmail",
 ]
 
 MIDDLEWARE = [

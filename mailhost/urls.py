@@ -1,9 +1,14 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path, re_path
+
+from webmail import views as webmail_views
 
 from . import views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
+    path("webmail/", include("webmail.urls")),
+    path("mail/config-v1.1.xml", webmail_views.autoconfig, name="autoconfig"),
+    re_path(r"^[Aa]utodiscover/[Aa]utodiscover\.xml$", webmail_views.autodiscover, name="autodiscover"),
 ]

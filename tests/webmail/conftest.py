@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+
+from mailboxes.provisioning import create_mailbox
+from tests.support import PASSWORD
+
+
+@pytest.fixture
+def carol(example_org):
+    return create_mailbox("carol@example.org", PASSWORD, display_name="Carol")
+
+
+def make_message(subject: str, *, sender: str = "Carol <carol@example.org>", to: str = "bob@example.org",
+                 body: str = "Hello Bob,\nsee you soon.\n", html: str | None = None,
+                 attachment: tuple[str, bytes] | None = None) -> bytes:
+    from email.message import EmailMessage
+    from email.policy import SMTP
+    from email.utils import make_msgid
+
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = make_msgid(domain="example.org")
+    msg["Date"] = "Sun, 22 Nov 2026 20:00:00 +0000"
+    msg.set_content(body)
+    if html is not None:
+        msg.add_alternative(html, subtype="html")
+    if attachment is not None:
+        msg.add_attachment(attachment[1], maintype="application", subtype="pdf", filename=attachment[0])
+    return msg.as_bytes(policy=SMTP)
+
+
+def deliver(mailbox, data: bytes) -> str:
+    from delivery.models import QueuedMessage
+    from delivery.storage import store_message
+
+    return store_message("carol@example.org", [mailbox], [], data,
+                         source=QueuedMessage.Source.INBOUND).local_paths[mailbox.address]
