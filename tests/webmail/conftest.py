@@ -38,3 +38,45 @@ def deliver(mailbox, data: bytes) -> str:
 
     return store_message("carol@example.org", [mailbox], [], data,
                          source=QueuedMessage.Source.INBOUND).local_paths[mailbox.address]
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """Real Chromium through Playwright's sync API (its event loop makes Django's ORM guard fire
+    in the test thread, which is not an async context in fact)."""
+    from tests.support import need_program
+
+    chromium = need_program("chromium")
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def logged_in_page(browser, live_server):
+    """A page whose session belongs to the given user (the portal's login page is not needed)."""
+    from django.test import Client
+
+    contexts = []
+
+    def open_page(user):
+        client = Client()
+        client.force_login(user)
+        context = browser.new_context()
+        context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value,
+                              "url": live_server.url}])
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_page
+    for context in contexts:
+        context.close()
