@@ -31,10 +31,8 @@ import time
 from dataclasses import dataclass
 
 from aiosmtpd.smtp import MISSING
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
-from django.db import close_old_connections
 from django.utils import timezone
 
 from mailboxes.models import Mailbox, RelayCredential, User
@@ -107,14 +105,14 @@ def _text(raw: bytes) -> str:
 async def authenticate(server, session, args: list[str]) -> str | None:
     """The whole AUTH command after aiosmtpd checked TLS and the mechanism name."""
     client_ip = session.peer[0]
-    if await sync_to_async(is_throttled, thread_sensitive=False)(client_ip):
+    if await server.thread(is_throttled, client_ip):
         log.warning("auth throttled client=%s", client_ip)
         return replies.AUTH_THROTTLED
     credentials = await read_credentials(server, args)
     if credentials is None:
         return None
     login, password = credentials
-    reply, identity = await sync_to_async(check_login, thread_sensitive=False)(login, password, client_ip)
+    reply, identity = await server.thread(check_login, login, password, client_ip)
     if identity is not None:
         session.authenticated = True
         session.auth_data = identity
@@ -127,7 +125,6 @@ async def authenticate(server, session, args: list[str]) -> str | None:
 def check_login(login: str, password: str, client_ip: str) -> tuple[str, Identity | None]:
     if is_throttled(client_ip, login):
         return replies.AUTH_THROTTLED, None
-    close_old_connections()
     identity = verify(login, password)
     if identity is None:
         record_failure(client_ip, login, password)

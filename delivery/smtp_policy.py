@@ -12,8 +12,6 @@ from email.headerregistry import Address as HeaderAddress
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 
-from django.db import close_old_connections
-
 from mailboxes.directory import Resolution, Verdict, hosted_domain_for, resolve
 from mailhost.addresses import AddressError, parse_address
 
@@ -47,7 +45,6 @@ def is_null_sender(address: str) -> bool:
 def rcpt_decision(address: str, *, authenticated: bool) -> RcptDecision:
     """The RCPT verdict. Hosted recipients resolve through the directory; anything else is
     relaying, allowed only for an authenticated identity and only to a well-formed address."""
-    close_old_connections()
     try:
         addr = parse_address(address)
     except AddressError:
@@ -81,7 +78,6 @@ def submission_sender_reply(address: str, identity) -> str:
         return replies.AUTH_REQUIRED
     if is_null_sender(address):
         return replies.NULL_SENDER_NOT_ALLOWED
-    close_old_connections()
     try:
         parse_address(address)
     except AddressError:
@@ -121,7 +117,6 @@ def submission_headers_reply(data: bytes, identity) -> str | None:
     found = header_sender_addresses(data)
     if found is None:
         return replies.FROM_MISSING
-    close_old_connections()
     from_addresses, sender_addresses = found
     for address in from_addresses + sender_addresses:
         if not identity.can_send_as(address):

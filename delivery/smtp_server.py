@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from aiosmtpd.smtp import SMTP, Envelope
 from django.conf import settings
+from django.db import close_old_connections
 
 from . import replies, sender_checks, smtp_auth, smtp_policy, smtp_transaction, tls
 
@@ -66,7 +67,15 @@ class ConnectionLimiter:
 
 def thread(fn, *args, **kwargs):
     """Run database or DNS work in the worker pool, off the event loop."""
-    return asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+    return asyncio.get_running_loop().run_in_executor(None, functools.partial(_with_fresh_connection, fn,
+                                                                              *args, **kwargs))
+
+
+def _with_fresh_connection(fn, *args, **kwargs):
+    # Worker threads keep their connection like a request would: dropped when broken or older
+    # than CONN_MAX_AGE, so a database restart costs one failed transaction, not every one.
+    close_old_connections()
+    return fn(*args, **kwargs)
 
 
 class MailHandler:
@@ -140,6 +149,10 @@ class MailSMTP(SMTP):
         envelope = Envelope()
         envelope.tx = None
         return envelope
+
+    @staticmethod
+    def thread(fn, *args, **kwargs):
+        return thread(fn, *args, **kwargs)
 
     def new_transaction(self, mail_from: str) -> smtp_transaction.Transaction:
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None

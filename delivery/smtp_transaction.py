@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 
 from django.conf import settings
-from django.db import close_old_connections
 
 from domains.models import Domain
 from mailhost.addresses import AddressError, parse_address
@@ -88,7 +87,6 @@ def tls_description(ssl_object) -> str:
 
 def finish(tx: Transaction, content: bytes, identity=None) -> str:
     """Check, stamp and store one message; return the final reply. Runs in a worker thread."""
-    close_old_connections()
     tx.size = len(content)
     tx.subject = _subject(content)
     reply = smtp_policy.bare_line_ending_reply(content)
