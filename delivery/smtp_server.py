@@ -143,7 +143,25 @@ class MailSMTP(SMTP):
         self._limit_reply: str | None = None
         self._counted_ip: str | None = None
         self._in_data = False
+        self._in_hook = 0
         self._last_bytes_at = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """Mid-transaction: receiving DATA or running a hook (which may be storing mail)."""
+        return self._in_data or self._in_hook > 0
+
+    def close_with(self, reply: str) -> None:
+        if self.transport is not None:
+            self.transport.write((reply + "\r\n").encode())
+            self.transport.close()
+
+    async def _call_handler_hook(self, command: str, *args):
+        self._in_hook += 1
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self._in_hook -= 1
 
     def _create_envelope(self) -> Envelope:
         envelope = Envelope()
@@ -233,12 +251,14 @@ async def serve(listeners: list[Listener], *, ready=None) -> None:
     for server in servers:
         server.close()
     deadline = loop.time() + settings.SMTP_SHUTDOWN_GRACE
-    while active and loop.time() < deadline:
-        await asyncio.sleep(0.1)
-    for protocol in list(active):
-        if protocol.transport is not None:
-            protocol.transport.write((replies.SHUTTING_DOWN + "\r\n").encode())
-            protocol.transport.close()
+    while True:
+        for protocol in list(active):
+            if not protocol.busy or loop.time() >= deadline:
+                protocol.close_with(replies.SHUTTING_DOWN)
+                active.discard(protocol)
+        if not active:
+            break
+        await asyncio.sleep(0.05)
     await asyncio.sleep(0)
     executor.shutdown(wait=True)
     log.info("stopped")

@@ -5,6 +5,7 @@ sequences smtplib would never send (smuggling payloads, bare CR/LF, pipelined co
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import ssl
@@ -99,8 +100,9 @@ def client_tls() -> ssl.SSLContext:
 class RawSession:
     """A byte-exact SMTP conversation: send what we want, read replies as the server wrote them."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10, source: str | None = None):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buffer = b""
         self.greeting = self.reply()
 
@@ -140,3 +142,31 @@ class RawSession:
             except OSError:
                 return True
         return False
+
+
+@pytest.fixture(scope="module")
+def _module_smtp_service(django_db_setup, tmp_path_factory):
+    from tests.dns_server import LoopbackDns
+    from tests.support import need_program
+
+    workdir = tmp_path_factory.mktemp("smtp-module")
+    dns = LoopbackDns(workdir, need_program("nsd"))
+    dns.zones["dns-ready.test"] = []
+    dns.restart()
+    mail_root = workdir / "mail"
+    service = start_smtp_service(workdir / "runsmtp.log", DNS_RESOLVERS=dns.address, MAIL_ROOT=str(mail_root),
+                                 MAIL_HOSTNAME="mail.mailhost.test")
+    service.mail_root = mail_root
+    yield service
+    service.stop()
+    dns.stop()
+
+
+@pytest.fixture
+def shared_smtp_service(_module_smtp_service, transactional_db, settings):
+    """One runsmtp for a whole test module, for tests that need no special settings and leave
+    no state behind in the service (it keeps only connection counts and the AUTH cache).
+    The Maildir tree is emptied before each test."""
+    shutil.rmtree(_module_smtp_service.mail_root, ignore_errors=True)
+    settings.MAIL_ROOT = _module_smtp_service.mail_root
+    return _module_smtp_service

@@ -26,53 +26,53 @@ def send(service, recipients, message=MESSAGE, sender="someone@elsewhere.test"):
         return client.sendmail(sender, recipients, message)
 
 
-def test_it_delivers_to_a_mailbox_before_answering_250(smtp_service, bob):
-    assert send(smtp_service, ["bob@example.org"]) == {}
+def test_it_delivers_to_a_mailbox_before_answering_250(shared_smtp_service, bob):
+    assert send(shared_smtp_service, ["bob@example.org"]) == {}
     [stored] = maildir_messages(bob)
     assert stored.endswith(MESSAGE)
     assert stored.startswith(b"Received: from ")
 
 
-def test_it_delivers_to_an_alias_a_catch_all_and_a_domain_alias(smtp_service, bob):
+def test_it_delivers_to_an_alias_a_catch_all_and_a_domain_alias(shared_smtp_service, bob):
     create_alias("team@example.org", ["bob@example.org"])
     create_alias("@example.org", ["bob@example.org"])
     DomainAlias.objects.create(name="example.net", target=bob.domain)
     for rcpt in ("team@example.org", "anything@example.org", "bob@example.net", "BOB+tag@Example.Org"):
-        assert send(smtp_service, [rcpt]) == {}, rcpt
+        assert send(shared_smtp_service, [rcpt]) == {}, rcpt
     assert len(maildir_messages(bob)) == 4
 
 
-def test_an_alias_with_a_remote_destination_queues_a_row(smtp_service, bob):
+def test_an_alias_with_a_remote_destination_queues_a_row(shared_smtp_service, bob):
     create_alias("team@example.org", ["bob@example.org", "friend@remote.test"])
-    send(smtp_service, ["team@example.org"])
+    send(shared_smtp_service, ["team@example.org"])
     assert len(maildir_messages(bob)) == 1
     assert QueuedRecipient.objects.get().address == "friend@remote.test"
 
 
-def test_it_refuses_an_unknown_user_with_5_1_1_and_logs_it_for_the_domain(smtp_service, bob):
+def test_it_refuses_an_unknown_user_with_5_1_1_and_logs_it_for_the_domain(shared_smtp_service, bob):
     with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-        send(smtp_service, ["nobody@example.org"])
+        send(shared_smtp_service, ["nobody@example.org"])
     code, text = refused.value.recipients["nobody@example.org"]
     assert f"{code} {text.decode()}" == replies.UNKNOWN_USER
     row = MessageLog.objects.get(domain=bob.domain)
     assert row.result == "refused" and row.recipients == "nobody@example.org"
 
 
-def test_it_refuses_a_disabled_mailbox_with_5_2_1(smtp_service, bob):
+def test_it_refuses_a_disabled_mailbox_with_5_2_1(shared_smtp_service, bob):
     bob.active = False
     bob.save()
     with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-        send(smtp_service, ["bob@example.org"])
+        send(shared_smtp_service, ["bob@example.org"])
     assert refused.value.recipients["bob@example.org"][0] == 550
     assert b"5.2.1" in refused.value.recipients["bob@example.org"][1]
 
 
-def test_a_full_mailbox_gets_a_temporary_4_2_2(smtp_service, example_org):
+def test_a_full_mailbox_gets_a_temporary_4_2_2(shared_smtp_service, example_org):
     full = create_mailbox("full@example.org", "correct horse battery", quota=10)
     full.used_bytes = 11
     full.save()
     with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-        send(smtp_service, ["full@example.org"])
+        send(shared_smtp_service, ["full@example.org"])
     code, text = refused.value.recipients["full@example.org"]
     assert f"{code} {text.decode()}" == replies.MAILBOX_FULL
 
@@ -101,8 +101,8 @@ RELAY_TRICKS = [
 ]
 
 
-def test_no_address_trick_turns_the_mx_into_a_relay(smtp_service, bob):
-    session = RawSession(smtp_service.inbound)
+def test_no_address_trick_turns_the_mx_into_a_relay(shared_smtp_service, bob):
+    session = RawSession(shared_smtp_service.inbound)
     assert session.command("EHLO relay.probe").startswith("250")
     assert session.command("MAIL FROM:<spammer@elsewhere.test>").startswith("250")
     answers = {trick: session.command(f"RCPT TO:<{trick}>") for trick in RELAY_TRICKS}

@@ -34,6 +34,7 @@ def parse_listen(name: str, value: str) -> Listener | None:
 
 class Command(BaseCommand):
     help = "Run the SMTP service: inbound MX, submission (STARTTLS) and submissions (implicit TLS)."
+    requires_system_checks: list = []   # start fast; `manage.py check` is the place for them
 
     def add_arguments(self, parser):
         for name, default in DEFAULTS.items():
