@@ -104,18 +104,22 @@ def check_spf(client_ip: str, helo: str, mail_from: str) -> tuple[str, str]:
 
 # -- DKIM ----------------------------------------------------------------------------------------
 
+def dns_txt_records(name: str, timeout: float = DNS_TIMEOUT) -> list[bytes]:
+    """Every TXT record at `name` (strings joined); [] when there is none; raises when DNS fails."""
+    try:
+        answer = dns.resolver.resolve(name, "TXT", lifetime=timeout)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as exc:   # timeout, SERVFAIL/REFUSED (NoNameservers), ...
+        raise DnsTemporaryError(str(exc)) from exc
+    return [b"".join(rdata.strings) for rdata in answer]
+
+
 def dns_txt(name: bytes | str, timeout: float = DNS_TIMEOUT) -> bytes:
     """dkimpy's dnsfunc: b'' when the record does not exist, an exception when DNS is failing."""
     qname = name.decode("ascii", errors="replace") if isinstance(name, bytes) else name
-    try:
-        answer = dns.resolver.resolve(qname, "TXT", lifetime=timeout)
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return b""
-    except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.LifetimeTimeout) as exc:
-        raise DnsTemporaryError(str(exc)) from exc
-    except dns.exception.DNSException as exc:
-        raise DnsTemporaryError(str(exc)) from exc
-    return b"".join(b"".join(rdata.strings) for rdata in answer[:1])
+    records = dns_txt_records(qname, timeout)
+    return records[0] if records else b""
 
 
 def check_dkim(data: bytes) -> list[DkimResult]:
@@ -135,6 +139,8 @@ def _verify_one(data: bytes, idx: int) -> DkimResult:
         result.result = "pass" if verifier.verify(idx=idx, dnsfunc=dns_txt) else "fail"
     except DnsTemporaryError:
         result.result = "temperror"
+    except dkim.ValidationError:       # e.g. body hash mismatch: the signature is simply wrong
+        result.result = "fail"
     except dkim.KeyFormatError:
         result.result = "permerror"
     except dkim.DKIMException as exc:
@@ -171,21 +177,23 @@ def organizational_domain(domain: str) -> str:
 def dmarc_record(domain: str) -> dict[str, str] | None:
     """The DMARC tags for `domain` (RFC 7489 6.6.3: the domain, then its organisational domain)."""
     for name in dict.fromkeys((domain, organizational_domain(domain))):
-        text = dns_txt(f"_dmarc.{name}").decode("utf-8", errors="replace")
-        record = _parse_dmarc(text)
-        if record is not None:
-            record["_found_at"] = name
-            return record
+        texts = [raw.decode("utf-8", errors="replace") for raw in dns_txt_records(f"_dmarc.{name}")]
+        records = [record for record in map(_parse_dmarc, texts) if record is not None]
+        if len(records) > 1:    # RFC 7489 6.6.3: more than one record means no DMARC at all
+            return None
+        if records:
+            records[0]["_found_at"] = name
+            return records[0]
     return None
 
 
 def _parse_dmarc(text: str) -> dict[str, str] | None:
     # dns_txt joins the strings of the first record; several TXT records are joined there too.
-    match = re.search(r"v\s*=\s*DMARC1\s*;(.*)", text, re.IGNORECASE)
+    match = re.match(r"\s*v\s*=\s*DMARC1\s*(?:;(.*)|$)", text, re.IGNORECASE)
     if not match:
         return None
     tags = {}
-    for part in match.group(1).split(";"):
+    for part in (match.group(1) or "").split(";"):
         key, _, value = part.partition("=")
         if key.strip():
             tags[key.strip().lower()] = value.strip().lower()
@@ -216,7 +224,11 @@ def check_dmarc(checks: SenderChecks) -> tuple[str, str]:
                   for sig in checks.dkim)
     if spf_ok or dkim_ok:
         return "pass", policy
-    if checks.spf == "temperror" or any(sig.result == "temperror" for sig in checks.dkim):
+    # A lookup that failed for a domain that could have aligned might have passed: not a fail.
+    spf_unknown = checks.spf == "temperror" and _aligned(checks.spf_domain, checks.from_domain, "r")
+    dkim_unknown = any(sig.result == "temperror" and _aligned(sig.domain, checks.from_domain, "r")
+                       for sig in checks.dkim)
+    if spf_unknown or dkim_unknown:
         return "temperror", policy
     return "fail", policy
 
