@@ -14,7 +14,6 @@ also means a suspended account is refused at its very next login.
 
 from __future__ import annotations
 
-import datetime
 import getpass
 import grp
 import os
@@ -26,9 +25,11 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from delivery import smtp_auth
+from delivery.tls import certificate_paths
 from mailhost.addresses import AddressError, normalize_address
 
-from .models import Mailbox, RelayCredential
+from .models import Mailbox
 
 # Dovecot's checkpassword exit codes (doc: AuthDatabase/CheckPassword).
 EXIT_MISMATCH = 1
@@ -48,16 +49,15 @@ def find_mailbox(login: str) -> Mailbox | None:
 
 
 def check_login(login: str, password: str) -> Mailbox | None:
-    """The mailbox `login`/`password` opens, or None: same rules as SMTP AUTH."""
-    mailbox = find_mailbox(login)
-    if mailbox is None or not mailbox.can_receive or not password:
+    """The mailbox `login`/`password` opens, or None: SMTP AUTH's own check (delivery.smtp_auth).
+
+    A domain relay credential proves no mailbox, so it opens nothing here.
+    """
+    identity = smtp_auth.verify(login, password)
+    if identity is None or identity.mailbox_id is None:
         return None
-    if mailbox.user.check_password(password):
-        return mailbox
-    creds = RelayCredential.objects.filter(mailbox=mailbox, revoked_at__isnull=True).select_related("domain")
-    if any(cred.check_secret(password) for cred in creds):
-        return mailbox
-    return None
+    mailbox = Mailbox.objects.select_related("domain", "user").filter(pk=identity.mailbox_id).first()
+    return mailbox if mailbox is not None and mailbox.can_receive else None
 
 
 def userdb_fields(mailbox: Mailbox) -> dict[str, str]:
@@ -105,42 +105,6 @@ def checkpassword(reply_program: str, fd: int = 3) -> int:
     env["EXTRA"] = " ".join(k for k in fields if k.startswith("userdb_"))
     os.execve(reply_program, [reply_program], env)
     return EXIT_TEMPFAIL  # not reached
-
-
-# --- TLS -----------------------------------------------------------------------------------
-
-def tls_pair() -> tuple[Path, Path]:
-    """SMTP_TLS_CERT/KEY, or a self-signed pair for MAIL_HOSTNAME under TLS_DIR (made once)."""
-    if settings.SMTP_TLS_CERT:
-        return Path(settings.SMTP_TLS_CERT), Path(settings.SMTP_TLS_KEY)
-    tls_dir = Path(settings.TLS_DIR)
-    cert, key = tls_dir / "cert.pem", tls_dir / "key.pem"
-    if not (cert.exists() and key.exists()):
-        _make_self_signed(cert, key, settings.MAIL_HOSTNAME)
-    return cert, key
-
-
-def _make_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -229,7 +193,7 @@ def render_config(base_dir: Path, listeners: Listeners) -> str:
         (base_dir / sub).mkdir(parents=True, exist_ok=True)
     uid, gid = mail_owner()
     program = write_checkpassword_program(base_dir, uid, gid)
-    cert, key = tls_pair()
+    cert, key = certificate_paths()   # the SMTP service's pair: one certificate for the host
     # Auth runs as whoever generated the configuration: that account reaches the database.
     user = getpass.getuser()
     group = grp.getgrgid(os.getgid()).gr_name

@@ -142,3 +142,14 @@ def deliver(mailbox, data: bytes, sender: str = "sender@remote.test") -> str:
     with as_mail_account():
         stored = store_message(sender, [mailbox], [], data, source=QueuedMessage.Source.INBOUND)
     return stored.local_paths[mailbox.address]
+
+
+def hand_to_mail_account(root: Path) -> None:
+    """Give files a root-run SMTP service wrote to the mail account, which in production would
+    have written them itself (the suite runs as root; Dovecot never reads mail as root)."""
+    if os.geteuid() != 0:
+        return
+    uid, gid = _mail_account()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            os.chown(os.path.join(dirpath, name), uid, gid)

@@ -19,7 +19,7 @@ from .conftest import RemoteIMAP, RemotePOP3, deliver
 pytestmark = pytest.mark.slow
 
 
-def message(subject: str, body: str = "Hello from the tests.\n", size: int = 0) -> bytes:
+def message(subject: str, body: str = "Hello from the tests.\r\n", size: int = 0) -> bytes:
     text = (f"From: Sender <sender@remote.test>\r\nTo: bob@example.org\r\nSubject: {subject}\r\n"
             f"Message-ID: <{subject.replace(' ', '.')}@remote.test>\r\n\r\n{body}")
     return (text + "x" * size + "\r\n").encode()
@@ -161,3 +161,34 @@ def test_dovecotconf_sets_production_ports_by_flag(tmp_path, db):
     assert "disable_plaintext_auth = yes" in conf
     with pytest.raises(CommandError, match="--imap"):
         call_command("dovecotconf", "--base-dir", str(tmp_path / "d"), "--imap", "nonsense", stdout=out)
+
+
+def test_mail_delivered_over_smtp_is_read_over_imap_and_submitted_mail_over_pop3(dovecot, smtp_service, bob,
+                                                                                   mail_root):
+    import smtplib
+
+    from tests.smtp_fixtures import client_tls
+
+    from .conftest import hand_to_mail_account
+
+    carol = create_mailbox("carol@example.org", PASSWORD)
+    with smtplib.SMTP("127.0.0.1", smtp_service.inbound, timeout=15) as mx:
+        mx.sendmail("sender@remote.test", ["bob@example.org"], message("Over the MX"))
+    _, secret = RelayCredential.issue(domain=bob.domain, mailbox=bob, label="mail app")
+    with smtplib.SMTP("127.0.0.1", smtp_service.submission, timeout=15) as submission:
+        submission.starttls(context=client_tls())
+        submission.login("bob@example.org", secret)
+        data = message("Submitted").replace(b"From: Sender <sender@remote.test>", b"From: bob@example.org")
+        submission.sendmail("bob@example.org", ["carol@example.org"], data)
+    hand_to_mail_account(mail_root)
+
+    imap = dovecot.imap("bob@example.org", PASSWORD)
+    assert imap_subjects(imap) == ["Over the MX"]
+    _, parts = imap.fetch(b"1", "(BODY.PEEK[HEADER])")
+    assert b"Received: " in parts[0][1]
+    imap.logout()
+    pop = dovecot.pop3("carol@example.org", PASSWORD)
+    _, lines, _ = pop.retr(1)
+    assert b"Subject: Submitted" in lines
+    pop.quit()
+    assert carol.maildir.exists()
