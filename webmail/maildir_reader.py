@@ -171,21 +171,32 @@ class Maildir:
         return msg.path.read_bytes()
 
     # changes ---------------------------------------------------------------------------------
-    def set_flags(self, msg: MessageFile, add: str = "", remove: str = "") -> MessageFile:
+    def set_flags(self, msg: MessageFile, add: str = "", remove: str = "", retry: bool = True) -> MessageFile:
         """Rename into cur/ with the new flag letters, as Dovecot does for IMAP STORE."""
         flags = "".join(sorted((set(msg.flags) | set(add)) - set(remove)))
         target = msg.path.parent.parent / "cur" / f"{msg.key}:2,{flags}"
         if target != msg.path:
-            os.rename(msg.path, target)
+            try:
+                os.rename(msg.path, target)
+            except FileNotFoundError:
+                if not retry:
+                    raise NotFound(msg.key) from None
+                # Dovecot renamed it meanwhile (new/ -> cur/, or other flags): start from its new name.
+                return self.set_flags(self.find(msg.folder, msg.key), add, remove, retry=False)
         return MessageFile(msg.folder, msg.key, target, flags, msg.mtime, msg.size)
 
     def mark_seen(self, msg: MessageFile) -> MessageFile:
         return self.set_flags(msg, add="S")
 
-    def move(self, msg: MessageFile, folder: str) -> MessageFile:
+    def move(self, msg: MessageFile, folder: str, retry: bool = True) -> MessageFile:
         target_dir = self.ensure_folder(folder) / "cur"
         target = target_dir / f"{msg.key}:2,{msg.flags}"
-        os.rename(msg.path, target)
+        try:
+            os.rename(msg.path, target)
+        except FileNotFoundError:
+            if not retry:
+                raise NotFound(msg.key) from None
+            return self.move(self.find(msg.folder, msg.key), folder, retry=False)
         return MessageFile(folder, msg.key, target, msg.flags, msg.mtime, msg.size)
 
     def delete(self, msg: MessageFile) -> None:

@@ -115,11 +115,15 @@ def test_no_user_reads_another_users_mailbox(dovecot, bob, other_test):
     assert carol.maildir != bob.maildir
 
 
-def test_it_announces_the_mailbox_quota(dovecot, bob):
-    Mailbox.objects.filter(pk=bob.pk).update(quota=5 * 1024 * 1024)
+def test_it_announces_and_enforces_the_mailbox_quota(dovecot, bob):
+    Mailbox.objects.filter(pk=bob.pk).update(quota=4096)
     client = dovecot.imap("bob@example.org", PASSWORD)
     _, data = client.getquotaroot("INBOX")
-    assert b"STORAGE 0 5120" in data[1][0]
+    assert b"STORAGE 0 4" in data[1][0]
+    typ, _ = client.append("INBOX", None, None, message("Small"))
+    assert typ == "OK"
+    typ, data = client.append("INBOX", None, None, message("Too big", size=8000))
+    assert typ == "NO" and b"OVERQUOTA" in data[0]
     client.logout()
 
 

@@ -80,3 +80,8 @@ def logged_in_page(browser, live_server):
     yield open_page
     for context in contexts:
         context.close()
+    # Database connections opened while Playwright's loop runs belong to that context; close them
+    # here, or PostgreSQL refuses to drop the test database ("being accessed by other users").
+    from django.db import connections
+
+    connections.close_all()

@@ -153,3 +153,13 @@ def test_reply_quotes_and_threads(bob_client, bob, carol):
         "from_address": "bob@example.org", "to": "carol@example.org", "subject": "Re: Question", "body": "Yes",
     })
     assert "mailbox full" in response.content.decode()
+
+
+def test_a_flag_change_follows_a_message_dovecot_renamed_meanwhile(bob):
+    path = Path(deliver(bob, make_message("Renamed under us")))
+    maildir = Maildir(bob.maildir)
+    [seen_before] = maildir.messages("INBOX")
+    os.rename(path, bob.maildir / "cur" / f"{path.name}:2,F")   # what Dovecot does on \\Flagged
+    after = maildir.mark_seen(seen_before)
+    assert after.path == bob.maildir / "cur" / f"{path.name}:2,FS"
+    assert after.path.exists()
