@@ -12,6 +12,7 @@ special ones webmail creates), message keys must match a strict pattern.
 
 from __future__ import annotations
 
+import base64
 import email.policy
 import os
 import re
@@ -78,6 +79,26 @@ def header_text(msg, name: str) -> str:
     return "" if value is None else str(value)
 
 
+def folder_label(folder: str) -> str:
+    """How a folder reads to people: Maildir++ `.` nesting shown as `/`, IMAP's modified UTF-7
+    (RFC 3501 5.1.3: `Caf&AOk-` is Café, as Dovecot names folders created over IMAP) decoded."""
+    out, i = [], 0
+    while i < len(folder):
+        if folder[i] == "&" and "-" in folder[i:]:
+            end = folder.index("-", i)
+            chunk = folder[i + 1:end]
+            try:
+                raw = base64.b64decode(chunk.replace(",", "/") + "=" * (-len(chunk) % 4))
+                out.append(raw.decode("utf-16-be") if chunk else "&")
+            except (ValueError, UnicodeDecodeError):
+                out.append(folder[i:end + 1])
+            i = end + 1
+        else:
+            out.append("/" if folder[i] == "." else folder[i])
+            i += 1
+    return "".join(out)
+
+
 class Maildir:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -95,6 +116,9 @@ class Maildir:
         names += SPECIAL_FOLDERS   # always offered; created on first use
         names += sorted(found - set(SPECIAL_FOLDERS), key=str.lower)
         return names
+
+    def folder_choices(self) -> list[tuple[str, str]]:
+        return [(f, folder_label(f)) for f in self.folders()]
 
     def folder_path(self, folder: str) -> Path:
         if folder == INBOX:

@@ -14,7 +14,10 @@ from email.message import EmailMessage
 
 import nh3
 
+from .maildir_reader import header_text
+
 URL_SCHEMES = {"http", "https", "mailto"}
+SHOWN_HEADERS = ("Subject", "From", "To", "Cc", "Date")
 
 
 @dataclass
@@ -27,6 +30,7 @@ class Attachment:
 
 @dataclass
 class Rendered:
+    headers: dict[str, str] = field(default_factory=dict)
     text: str = ""
     html: str = ""
     blocked_images: int = 0
@@ -50,7 +54,7 @@ def sanitize_html(html: str, allow_remote_images: bool = False) -> tuple[str, in
         return value
 
     clean = nh3.clean(html, url_schemes=URL_SCHEMES, link_rel="noopener noreferrer nofollow",
-                      attribute_filter=keep_attribute)
+                      attribute_filter=keep_attribute, set_tag_attribute_values={"a": {"target": "_blank"}})
     return clean, blocked
 
 
@@ -67,7 +71,7 @@ def decoded_text(part: EmailMessage) -> str:
 
 
 def render(msg: EmailMessage, allow_remote_images: bool = False) -> Rendered:
-    out = Rendered()
+    out = Rendered(headers={name.lower(): header_text(msg, name) for name in SHOWN_HEADERS})
     plain = msg.get_body(preferencelist=("plain",))
     html = msg.get_body(preferencelist=("html",))
     if plain is not None:

@@ -11,6 +11,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.http import content_disposition_header
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -18,7 +19,7 @@ from mailboxes import usage
 
 from . import clientsetup, compose
 from .forms import ComposeForm
-from .maildir_reader import INBOX, Maildir, NotFound, parse_message
+from .maildir_reader import INBOX, Maildir, NotFound, folder_label, parse_message
 from .rendering import attachment_part
 from .rendering import render as render_message
 from .sending import SendError, send
@@ -32,6 +33,12 @@ def user_maildir(request):
     if mailbox is None:
         raise Http404("no mailbox")
     return mailbox, Maildir(mailbox.maildir)
+
+
+def page(mailbox, maildir: Maildir, folder: str = INBOX, **extra) -> dict:
+    """What every webmail page shows: the mailbox, the folder list, the current folder."""
+    return {"mailbox": mailbox, "folder": folder, "folder_label": folder_label(folder),
+            "folders": maildir.folder_choices(), **extra}
 
 
 def find(maildir: Maildir, folder: str, key: str):
@@ -49,12 +56,11 @@ def folder(request, folder: str = INBOX):
         found = maildir.search(folder, query) if query else maildir.messages(folder)
     except NotFound as exc:
         raise Http404("no such folder") from exc
-    page = Paginator(found, PAGE_SIZE).get_page(request.GET.get("page"))
+    listing = Paginator(found, PAGE_SIZE).get_page(request.GET.get("page"))
     usage.recount(mailbox)
-    return render(request, "webmail/folder.html", {
-        "mailbox": mailbox, "folder": folder, "folders": maildir.folders(), "query": query, "page": page,
-        "summaries": [maildir.summary(m) for m in page.object_list],
-    })
+    return render(request, "webmail/folder.html", page(
+        mailbox, maildir, folder, query=query, page=listing,
+        summaries=[maildir.summary(m) for m in listing.object_list]))
 
 
 @login_required
@@ -63,10 +69,9 @@ def message(request, folder: str, key: str):
     msg_file = maildir.mark_seen(find(maildir, folder, key))
     msg = parse_message(maildir.read(msg_file))
     allow_images = request.GET.get("images") == "1"
-    response = render(request, "webmail/message.html", {
-        "mailbox": mailbox, "folder": folder, "folders": maildir.folders(), "file": msg_file, "msg": msg,
-        "body": render_message(msg, allow_remote_images=allow_images), "images": allow_images,
-    })
+    response = render(request, "webmail/message.html", page(
+        mailbox, maildir, folder, file=msg_file, body=render_message(msg, allow_remote_images=allow_images),
+        images=allow_images))
     img_src = "'self' data: http: https:" if allow_images else "'self' data:"
     response["Content-Security-Policy"] = (
         f"default-src 'self'; script-src 'self'; img-src {img_src}; style-src 'self' 'unsafe-inline'; "
@@ -83,8 +88,7 @@ def attachment(request, folder: str, key: str, index: int):
         raise Http404("no such attachment")
     # Always a download, never rendered in our origin: an HTML attachment must not run here.
     response = HttpResponse(part.get_payload(decode=True) or b"", content_type="application/octet-stream")
-    filename = (part.get_filename() or f"part-{index}").replace('"', "").replace("\r", "").replace("\n", "")
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Content-Disposition"] = content_disposition_header(True, part.get_filename() or f"part-{index}")
     response["X-Content-Type-Options"] = "nosniff"
     return response
 
@@ -137,8 +141,7 @@ def compose_view(request, folder: str | None = None, key: str | None = None, mod
     else:
         initial = compose.initial(maildir, original, mode, mailbox.address) if original else {}
         form = ComposeForm(initial={"from_address": mailbox.address, **initial}, senders=senders)
-    return render(request, "webmail/compose.html", {"mailbox": mailbox, "form": form, "folders": maildir.folders(),
-                                                    "mode": mode})
+    return render(request, "webmail/compose.html", page(mailbox, maildir, folder or INBOX, form=form, mode=mode))
 
 
 @login_required

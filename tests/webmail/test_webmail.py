@@ -163,3 +163,29 @@ def test_a_flag_change_follows_a_message_dovecot_renamed_meanwhile(bob):
     after = maildir.mark_seen(seen_before)
     assert after.path == bob.maildir / "cur" / f"{path.name}:2,FS"
     assert after.path.exists()
+
+
+def test_reply_all_copies_the_other_recipients_but_not_oneself(bob_client, bob, carol):
+    data = make_message("Team lunch", to="Bob <bob@example.org>, dave@remote.test")
+    key = key_of(deliver(bob, data.replace(b"Subject:", b"Cc: erin@remote.test, BOB@example.org\r\nSubject:")))
+    form = bob_client.get(f"/webmail/f/INBOX/{key}/reply-all/").content.decode()
+    assert 'name="to" value="carol@example.org"' in form
+    cc = re.search(r'name="cc" value="([^"]*)"', form).group(1)
+    assert cc == "dave@remote.test, erin@remote.test"
+
+
+def test_attachment_names_outside_ascii_survive_the_download(bob_client, bob):
+    key = key_of(deliver(bob, make_message("Résumé", attachment=("résumé.pdf", b"%PDF cv"))))
+    page = bob_client.get(f"/webmail/f/INBOX/{key}/").content.decode()
+    assert "Résumé" in page and "résumé.pdf" in page
+    link = re.search(r'href="(/webmail/f/INBOX/[^"]+/part/\d+/)"', page).group(1)
+    assert bob_client.get(link)["Content-Disposition"] == "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf"
+
+
+def test_folders_created_over_imap_show_their_real_names(bob_client, bob):
+    from delivery.maildir import ensure_maildir
+
+    ensure_maildir(bob.maildir / ".Caf&AOk-.Re&AOc-us")   # what Dovecot writes for "Café/Reçus"
+    page = bob_client.get("/webmail/").content.decode()
+    assert "Café/Reçus" in page
+    assert bob_client.get("/webmail/f/Caf&AOk-.Re&AOc-us/").status_code == 200
