@@ -120,10 +120,15 @@ def dovecot(transactional_db, mail_root, tmp_path):
                  "--pop3", f"127.0.0.1:{pop3_port}", stdout=out)
     conf = base / "dovecot.conf"
     conf.write_text(out.getvalue())
-    proc = subprocess.Popen([program, "-F", "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with open(base / "stderr.log", "wb") as stderr:
+        proc = subprocess.Popen([program, "-F", "-c", str(conf)], stdout=stderr, stderr=subprocess.STDOUT)
     try:
-        wait_for_port(imap_port, proc=proc)
-        wait_for_port(pop3_port, proc=proc)
+        try:
+            wait_for_port(imap_port, proc=proc)
+            wait_for_port(pop3_port, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            logs = "".join(p.read_text(errors="replace") for p in base.glob("*.log"))
+            raise RuntimeError(f"dovecot did not start: {exc}\n{logs}") from None
         yield Dovecot(imap_port, pop3_port, base / "dovecot.log")
     finally:
         proc.terminate()
