@@ -1,7 +1,7 @@
 """Dovecot serves the Maildir tree over IMAP and POP3 and asks us who may log in.
 
 Authentication goes through Dovecot's checkpassword interface into `check_login` below, i.e.
-into Django with the same models and rules as SMTP AUTH: disabled mailboxes and domains are
+into SMTP AUTH's own verification (delivery.smtp_auth.verify): disabled mailboxes and domains are
 refused, the mailbox password (argon2id) and the mailbox's app passwords ({SSHA512}) are
 accepted. Why checkpassword and not `passdb sql`: an account may hold any number of app
 passwords, and Dovecot's sql passdb refuses a password query that returns more than one row
@@ -21,6 +21,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -74,7 +75,7 @@ def userdb_fields(mailbox: Mailbox) -> dict[str, str]:
 def checkpassword(reply_program: str, fd: int = 3) -> int:
     """Run Dovecot's checkpassword protocol: read `user\\0password\\0` from fd 3, exec the reply.
 
-    For userdb lookups (doveadm, POP3/IMAP after a cached passdb hit) Dovecot sets AUTHORIZED=1
+    For userdb-only lookups (doveadm, LMTP) Dovecot sets AUTHORIZED=1
     and sends no password; we answer with the user's fields and AUTHORIZED=2 as the protocol asks.
     """
     data = b""
@@ -119,13 +120,13 @@ class Listeners:
     pop3s: tuple[str, int] | None = None
 
 
-def database_url() -> str:
+def database_url(db: dict | None = None) -> str:
     """The URL of the database this process uses (in tests: the test database)."""
-    db = settings.DATABASES["default"]
+    db = db or settings.DATABASES["default"]
     if db["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or "postgres"
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    user = quote(db.get("USER") or "postgres", safe="")
+    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
     return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 

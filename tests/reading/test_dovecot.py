@@ -196,3 +196,15 @@ def test_mail_delivered_over_smtp_is_read_over_imap_and_submitted_mail_over_pop3
     assert b"Subject: Submitted" in lines
     pop.quit()
     assert carol.maildir.exists()
+
+
+def test_the_auth_program_carries_a_database_url_that_survives_odd_passwords():
+    import environ
+
+    from mailboxes.dovecot import database_url
+
+    parsed = environ.Env.db_url_config(database_url({
+        "ENGINE": "django.db.backends.postgresql", "USER": "mail host", "PASSWORD": "p@ss:w/rd#1",
+        "HOST": "db.internal", "PORT": 5433, "NAME": "mailhost"}))
+    assert (parsed["USER"], parsed["PASSWORD"], parsed["HOST"], parsed["PORT"], parsed["NAME"]) == (
+        "mail host", "p@ss:w/rd#1", "db.internal", 5433, "mailhost")
