@@ -161,6 +161,20 @@ class Maildir:
             head = parse_headers(f.read(HEADER_BYTES))
         return Summary(msg, header_text(head, "Subject"), header_text(head, "From"), header_text(head, "Date"))
 
+    def summaries(self, messages: list[MessageFile]) -> list[Summary]:
+        """Summaries of a page of messages; one Dovecot renamed meanwhile is found again, one it
+        expunged is left out."""
+        out = []
+        for msg in messages:
+            try:
+                out.append(self.summary(msg))
+            except FileNotFoundError:
+                try:
+                    out.append(self.summary(self.find(msg.folder, msg.key)))
+                except (NotFound, FileNotFoundError):
+                    continue
+        return out
+
     def search(self, folder: str, query: str) -> list[MessageFile]:
         """Messages whose sender or subject contains `query` (case-insensitive)."""
         query = query.casefold()
@@ -192,7 +206,13 @@ class Maildir:
         raise NotFound(key)
 
     def read(self, msg: MessageFile) -> bytes:
-        return msg.path.read_bytes()
+        try:
+            return msg.path.read_bytes()
+        except FileNotFoundError:   # renamed by Dovecot (flags) since we looked
+            try:
+                return self.find(msg.folder, msg.key).path.read_bytes()
+            except FileNotFoundError:
+                raise NotFound(msg.key) from None
 
     # changes ---------------------------------------------------------------------------------
     def set_flags(self, msg: MessageFile, add: str = "", remove: str = "", retry: bool = True) -> MessageFile:

@@ -6,6 +6,8 @@ names and message keys from the URL are checked by maildir_reader against what e
 
 from __future__ import annotations
 
+import functools
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -41,32 +43,34 @@ def page(mailbox, maildir: Maildir, folder: str = INBOX, **extra) -> dict:
             "folders": maildir.folder_choices(), **extra}
 
 
-def find(maildir: Maildir, folder: str, key: str):
-    try:
-        return maildir.find(folder, key)
-    except NotFound as exc:
-        raise Http404("no such message") from exc
+def mailbox_view(view):
+    """Login required; a folder or message that is not in the user's Maildir (any more) is a 404."""
+    @login_required
+    @functools.wraps(view)
+    def wrapped(request, *args, **kwargs):
+        try:
+            return view(request, *args, **kwargs)
+        except NotFound as exc:
+            raise Http404("no such folder or message") from exc
+    return wrapped
 
 
-@login_required
+@mailbox_view
 def folder(request, folder: str = INBOX):
     mailbox, maildir = user_maildir(request)
     query = request.GET.get("q", "").strip()[:200]
-    try:
-        found = maildir.search(folder, query) if query else maildir.messages(folder)
-    except NotFound as exc:
-        raise Http404("no such folder") from exc
+    found = maildir.search(folder, query) if query else maildir.messages(folder)
     listing = Paginator(found, PAGE_SIZE).get_page(request.GET.get("page"))
     usage.recount(mailbox)
     return render(request, "webmail/folder.html", page(
         mailbox, maildir, folder, query=query, page=listing,
-        summaries=[maildir.summary(m) for m in listing.object_list]))
+        summaries=maildir.summaries(listing.object_list)))
 
 
-@login_required
+@mailbox_view
 def message(request, folder: str, key: str):
     mailbox, maildir = user_maildir(request)
-    msg_file = maildir.mark_seen(find(maildir, folder, key))
+    msg_file = maildir.mark_seen(maildir.find(folder, key))
     msg = parse_message(maildir.read(msg_file))
     allow_images = request.GET.get("images") == "1"
     response = render(request, "webmail/message.html", page(
@@ -80,10 +84,10 @@ def message(request, folder: str, key: str):
     return response
 
 
-@login_required
+@mailbox_view
 def attachment(request, folder: str, key: str, index: int):
     _mailbox, maildir = user_maildir(request)
-    part = attachment_part(parse_message(maildir.read(find(maildir, folder, key))), index)
+    part = attachment_part(parse_message(maildir.read(maildir.find(folder, key))), index)
     if part is None:
         raise Http404("no such attachment")
     # Always a download, never rendered in our origin: an HTML attachment must not run here.
@@ -93,11 +97,11 @@ def attachment(request, folder: str, key: str, index: int):
     return response
 
 
-@login_required
+@mailbox_view
 @require_POST
 def flag(request, folder: str, key: str):
     _mailbox, maildir = user_maildir(request)
-    msg_file = find(maildir, folder, key)
+    msg_file = maildir.find(folder, key)
     if request.POST.get("seen") == "0":
         maildir.set_flags(msg_file, remove="S")
     else:
@@ -105,11 +109,11 @@ def flag(request, folder: str, key: str):
     return redirect("webmail:folder", folder=folder)
 
 
-@login_required
+@mailbox_view
 @require_POST
 def move(request, folder: str, key: str):
     mailbox, maildir = user_maildir(request)
-    msg_file = find(maildir, folder, key)
+    msg_file = maildir.find(folder, key)
     target = request.POST.get("to", TRASH)
     if target not in (TRASH, JUNK, INBOX):
         raise Http404("no such folder")
@@ -123,10 +127,10 @@ def move(request, folder: str, key: str):
     return redirect("webmail:folder", folder=folder)
 
 
-@login_required
+@mailbox_view
 def compose_view(request, folder: str | None = None, key: str | None = None, mode: str = "new"):
     mailbox, maildir = user_maildir(request)
-    original = find(maildir, folder, key) if key else None
+    original = maildir.find(folder, key) if key else None
     senders = sorted(mailbox.send_as_addresses())
     if request.method == "POST":
         form = ComposeForm(request.POST, request.FILES, senders=senders)

@@ -189,3 +189,13 @@ def test_folders_created_over_imap_show_their_real_names(bob_client, bob):
     page = bob_client.get("/webmail/").content.decode()
     assert "Café/Reçus" in page
     assert bob_client.get("/webmail/f/Caf&AOk-.Re&AOc-us/").status_code == 200
+
+
+def test_the_list_survives_messages_dovecot_renamed_or_expunged_meanwhile(bob):
+    renamed = Path(deliver(bob, make_message("Renamed")))
+    expunged = Path(deliver(bob, make_message("Expunged")))
+    maildir = Maildir(bob.maildir)
+    listed = maildir.messages("INBOX")
+    os.rename(renamed, bob.maildir / "cur" / f"{renamed.name}:2,S")
+    expunged.unlink()
+    assert [s.subject for s in maildir.summaries(listed)] == ["Renamed"]
