@@ -10,5 +10,6 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("webmail/", include("webmail.urls")),
     path("mail/config-v1.1.xml", webmail_views.autoconfig, name="autoconfig"),
+    path(".well-known/autoconfig/mail/config-v1.1.xml", webmail_views.autoconfig),
     re_path(r"^[Aa]utodiscover/[Aa]utodiscover\.xml$", webmail_views.autodiscover, name="autodiscover"),
 ]

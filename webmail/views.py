@@ -158,7 +158,8 @@ def mobileconfig(request):
 
 
 def autoconfig(request):
-    """Thunderbird: /mail/config-v1.1.xml?emailaddress=…, also asked of autoconfig.<domain>."""
+    """Thunderbird: /mail/config-v1.1.xml?emailaddress=… on autoconfig.<domain>, then
+    /.well-known/autoconfig/mail/config-v1.1.xml on the domain itself."""
     address = request.GET.get("emailaddress", "")
     if not address:
         host = request.get_host().split(":")[0]

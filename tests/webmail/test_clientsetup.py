@@ -29,9 +29,12 @@ def test_thunderbird_autoconfig_names_the_mail_host_and_tls_ports(client, bob):
 
 
 def test_thunderbird_autoconfig_also_answers_by_autoconfig_host_name(client, example_org, settings):
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "autoconfig.example.org"]
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "autoconfig.example.org", "example.org", "gmail.com"]
     response = client.get("/mail/config-v1.1.xml", HTTP_HOST="autoconfig.example.org")
     assert ET.fromstring(response.content).find("emailProvider").get("id") == "example.org"
+    response = client.get("/.well-known/autoconfig/mail/config-v1.1.xml", HTTP_HOST="example.org")
+    assert ET.fromstring(response.content).find("emailProvider").get("id") == "example.org"
+    assert client.get("/.well-known/autoconfig/mail/config-v1.1.xml", HTTP_HOST="gmail.com").status_code == 404
 
 
 def test_autoconfig_is_404_for_domains_not_hosted_here(client, example_org):
