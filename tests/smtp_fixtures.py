@@ -157,6 +157,7 @@ def _module_smtp_service(django_db_setup, tmp_path_factory):
     service = start_smtp_service(workdir / "runsmtp.log", DNS_RESOLVERS=dns.address, MAIL_ROOT=str(mail_root),
                                  MAIL_HOSTNAME="mail.mailhost.test")
     service.mail_root = mail_root
+    service.dns = dns          # tests may publish zones: dns.zone("sender.test", ...)
     yield service
     service.stop()
     dns.stop()
