@@ -4,7 +4,8 @@ Load: N messages of 4 KiB over C concurrent connections to M mailboxes (defaults
 100). Each server must make every message durable in a Maildir: mailhost before its 250,
 Postfix in its queue before the 250 and then in the Maildir via the `virtual` agent. Printed
 per server: accepted msg/s, time until every message is in a Maildir, peak RSS (sum over the
-server's process tree, sampled every 100 ms), and the ratio mailhost/Postfix.
+server's process tree, sampled every 100 ms; PSS too, which does not count shared pages once per
+process), and the ratio mailhost/Postfix.
 
 Everything runs on loopback high ports in a temporary directory, with a loopback nsd answering
 mailhost's SPF/DMARC lookups for the sender domain (Postfix does no such checks here).
@@ -111,26 +112,32 @@ def _tree(root_pid: int) -> list[int]:
     return out
 
 
-def _rss_kib(pid: int) -> int:
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process; PSS splits shared pages, so sums over a tree are fair."""
+    rss = pss = 0
     try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return rss, pss
 
 
 class RssSampler(threading.Thread):
     def __init__(self, root_pid_fn):
         super().__init__(daemon=True)
-        self.root_pid_fn, self.peak, self.running = root_pid_fn, 0, True
+        self.root_pid_fn, self.peak, self.peak_pss, self.running = root_pid_fn, 0, 0, True
 
     def run(self):
         while self.running:
             pid = self.root_pid_fn()
             if pid:
-                self.peak = max(self.peak, sum(_rss_kib(p) for p in _tree(pid)))
+                sizes = [_memory_kib(p) for p in _tree(pid)]
+                self.peak = max(self.peak, sum(rss for rss, _ in sizes))
+                self.peak_pss = max(self.peak_pss, sum(pss for _, pss in sizes))
             time.sleep(0.1)
 
 
@@ -152,7 +159,7 @@ def measure(name: str, port: int, root_pid_fn, maildir_base: Path, args) -> dict
     sampler.running = False
     sampler.join()
     return {"name": name, "msg_s": args.messages / accept_time, "maildir_s": maildir_time,
-            "rss_mib": sampler.peak / 1024}
+            "rss_mib": sampler.peak / 1024, "pss_mib": sampler.peak_pss / 1024}
 
 
 # -- mailhost ------------------------------------------------------------------------------------
@@ -311,13 +318,14 @@ def main() -> None:
         os.chmod(work, 0o755)
         results = [run_mailhost(work, args), run_postfix(work, args)]
     print(f"\n{args.messages} messages x 4 KiB, {args.connections} connections, {args.mailboxes} mailboxes")
-    print(f"{'server':10} {'accepted msg/s':>15} {'all in Maildir (s)':>19} {'peak RSS (MiB)':>15}")
+    print(f"{'server':10} {'accepted msg/s':>15} {'all in Maildir (s)':>19} {'peak RSS (MiB)':>15}"
+          f" {'peak PSS (MiB)':>15}")
     for r in results:
-        print(f"{r['name']:10} {r['msg_s']:15.1f} {r['maildir_s']:19.2f} {r['rss_mib']:15.1f}")
+        print(f"{r['name']:10} {r['msg_s']:15.1f} {r['maildir_s']:19.2f} {r['rss_mib']:15.1f} {r['pss_mib']:15.1f}")
     mh, pf = results
     print(f"ratio mailhost/Postfix: throughput {mh['msg_s'] / pf['msg_s']:.2f}, "
           f"time to Maildir {pf['maildir_s'] / mh['maildir_s']:.2f} (>1 = mailhost faster), "
-          f"peak RSS {mh['rss_mib'] / pf['rss_mib']:.2f}")
+          f"peak RSS {mh['rss_mib'] / pf['rss_mib']:.2f}, peak PSS {mh['pss_mib'] / pf['pss_mib']:.2f}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from aiosmtpd.smtp import SMTP, Envelope
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from . import replies, sender_checks, smtp_auth, smtp_policy, smtp_transaction, tls
 
@@ -225,9 +225,21 @@ class MailSMTP(SMTP):
         super()._timeout_cb()
 
 
+def keep_database_connections() -> None:
+    """Worker threads keep their database connection between calls. With SQLite's default
+    CONN_MAX_AGE of 0 every call would reconnect (and rerun the WAL pragmas): a tenth of the
+    service's time under load."""
+    db = settings.DATABASES["default"]
+    if not db.get("CONN_MAX_AGE"):
+        db["CONN_MAX_AGE"] = 600
+        for connection in connections.all(initialized_only=True):
+            connection.settings_dict["CONN_MAX_AGE"] = 600
+
+
 async def serve(listeners: list[Listener], *, ready=None) -> None:
     """Run until SIGTERM or SIGINT; then stop accepting, let sessions finish briefly, close."""
     loop = asyncio.get_running_loop()
+    keep_database_connections()
     executor = ThreadPoolExecutor(max_workers=settings.SMTP_WORKER_THREADS, thread_name_prefix="smtp-work")
     loop.set_default_executor(executor)
     sender_checks.use_configured_resolvers()
