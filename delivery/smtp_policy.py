@@ -49,17 +49,29 @@ def rcpt_decision(address: str, *, authenticated: bool) -> RcptDecision:
         addr = parse_address(address)
     except AddressError:
         return RcptDecision(replies.BAD_DESTINATION)
-    domain = hosted_domain_for(addr.domain)
-    if domain is None:
+    resolution = resolve(str(addr))
+    if resolution.verdict is Verdict.NOT_HOSTED:
         if authenticated:
             return RcptDecision(replies.RECIPIENT_OK, remote=[str(addr)])
         return RcptDecision(replies.RELAY_DENIED)
-    resolution = resolve(str(addr))
+    if resolution.verdict is Verdict.BAD_ADDRESS:
+        return RcptDecision(replies.BAD_DESTINATION)
+    domain_id = _domain_id(addr.domain, resolution)
     if not resolution.ok:
-        return RcptDecision(_VERDICT_REPLIES[resolution.verdict], resolution, hosted_domain_id=domain.pk)
+        return RcptDecision(_VERDICT_REPLIES[resolution.verdict], resolution, hosted_domain_id=domain_id)
     if any(mailbox.is_over_quota() for mailbox in resolution.mailboxes):
-        return RcptDecision(replies.MAILBOX_FULL, resolution, hosted_domain_id=domain.pk)
-    return RcptDecision(replies.RECIPIENT_OK, resolution, hosted_domain_id=domain.pk)
+        return RcptDecision(replies.MAILBOX_FULL, resolution, hosted_domain_id=domain_id)
+    return RcptDecision(replies.RECIPIENT_OK, resolution, hosted_domain_id=domain_id)
+
+
+def _domain_id(name: str, resolution: Resolution) -> int | None:
+    """The hosted domain the message log files this recipient under (saves a query when the
+    address is a mailbox of that very domain, the common case under load)."""
+    for mailbox in resolution.mailboxes:
+        if mailbox.domain.name == name:
+            return mailbox.domain_id
+    domain = hosted_domain_for(name)
+    return domain.pk if domain else None
 
 
 def inbound_sender_reply(address: str) -> str:
