@@ -120,3 +120,14 @@ def test_failures_are_counted_per_slash_24_and_slash_48():
     assert client_network("192.0.2.77") == "192.0.2.0/24"
     assert client_network("2001:db8:1:2::5") == "2001:db8:1::/48"
     assert client_network("::ffff:192.0.2.9") == "192.0.2.0/24"
+
+
+def test_a_password_change_invalidates_the_cached_verification(bob):
+    from delivery.smtp_auth import verify
+
+    assert verify("bob@example.org", PASSWORD).mailbox_id == bob.pk
+    assert verify("bob@example.org", PASSWORD) is not None      # now served from the cache
+    bob.user.set_password("a brand new password")
+    bob.user.save()
+    assert verify("bob@example.org", PASSWORD) is None
+    assert verify("bob@example.org", "a brand new password") is not None

@@ -31,6 +31,9 @@ def test_it_delivers_to_a_mailbox_before_answering_250(shared_smtp_service, bob)
     [stored] = maildir_messages(bob)
     assert stored.endswith(MESSAGE)
     assert stored.startswith(b"Received: from ")
+    [row] = MessageLog.objects.filter(domain=bob.domain)
+    assert (row.direction, row.result, row.recipients) == ("inbound", "accepted", "bob@example.org")
+    assert f'"queue_id": "{row.queue_id}", "listener": "inbound"' in shared_smtp_service.log()
 
 
 def test_it_delivers_to_an_alias_a_catch_all_and_a_domain_alias(shared_smtp_service, bob):
