@@ -133,9 +133,10 @@ class RssSampler(threading.Thread):
 
     def run(self):
         while self.running:
-            pid = self.root_pid_fn()
-            if pid:
-                sizes = [_memory_kib(p) for p in _tree(pid)]
+            roots = self.root_pid_fn()
+            roots = roots if isinstance(roots, list) else [roots] if roots else []
+            if roots:
+                sizes = [_memory_kib(p) for root in roots for p in _tree(root)]
                 self.peak = max(self.peak, sum(rss for rss, _ in sizes))
                 self.peak_pss = max(self.peak_pss, sum(pss for _, pss in sizes))
             time.sleep(0.1)
@@ -192,14 +193,20 @@ def run_mailhost(work: Path, args) -> dict:
     )
     subprocess.run([py, "manage.py", "shell", "-c", setup], cwd=ROOT, env=env, check=True)
     port = free_port()
-    proc = subprocess.Popen([py, "manage.py", "runsmtp", "--inbound", f"127.0.0.1:{port}", "--submission", "off",
-                             "--submissions", "off"], cwd=ROOT, env=env)
+    # Several copies on one port (SO_REUSEPORT) is how the stateless service scales out on one box.
+    procs = [subprocess.Popen([py, "manage.py", "runsmtp", "--inbound", f"127.0.0.1:{port}", "--submission", "off",
+                               "--submissions", "off"], cwd=ROOT, env=env) for _ in range(args.copies)]
+    pids = [p.pid for p in procs]
     try:
         _wait_port(port)
-        return measure("mailhost", port, lambda: proc.pid, work / "mhmail", args)
+        time.sleep(1)
+        return measure(f"mailhost x{args.copies}" if args.copies > 1 else "mailhost", port,
+                       lambda: pids, work / "mhmail", args)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=30)
         dns.stop()
 
 
@@ -312,6 +319,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--mailboxes", type=int, default=100)
     parser.add_argument("--database-url", default="", help="default: a fresh SQLite file")
+    parser.add_argument("--copies", type=int, default=1, help="runsmtp processes sharing the port")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-smtp-") as tmp:
         work = Path(tmp)

@@ -250,7 +250,9 @@ async def serve(listeners: list[Listener], *, ready=None) -> None:
     for listener in listeners:
         factory = functools.partial(_protocol, listener, context, limiter, active, loop)
         servers.append(await loop.create_server(
-            factory, host=listener.host, port=listener.port, reuse_address=True,
+            # reuse_port: several copies of the service may listen on one port and the kernel
+            # spreads connections over them (the service keeps no state that needs one process).
+            factory, host=listener.host, port=listener.port, reuse_address=True, reuse_port=True,
             ssl=context if listener.implicit_tls else None))
         log.info("listening listener=%s address=[%s]:%d", listener.name, listener.host, listener.port)
     stop = asyncio.Event()
