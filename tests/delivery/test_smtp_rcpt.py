@@ -80,6 +80,16 @@ def test_a_full_mailbox_gets_a_temporary_4_2_2(shared_smtp_service, example_org)
     assert f"{code} {text.decode()}" == replies.MAILBOX_FULL
 
 
+def test_a_message_that_would_overflow_the_quota_gets_4_2_2_at_data(shared_smtp_service, example_org):
+    nearly = create_mailbox("nearly@example.org", "correct horse battery", quota=1000)
+    nearly.used_bytes = 900
+    nearly.save()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(shared_smtp_service, ["nearly@example.org"], MESSAGE + b"x" * 500 + b"\r\n")
+    assert f"{refused.value.smtp_code} {refused.value.smtp_error.decode()}" == replies.MAILBOX_FULL
+    assert maildir_messages(nearly) == []
+
+
 RELAY_TRICKS = [
     "victim@elsewhere.test",
     "victim%elsewhere.test@example.org",
