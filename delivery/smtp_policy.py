@@ -42,10 +42,22 @@ def is_null_sender(address: str) -> bool:
     return address in ("", NULL_SENDER)
 
 
+def is_valid_utf8(text: str) -> bool:
+    """aiosmtpd decodes SMTPUTF8 arguments with surrogateescape: invalid UTF-8 shows up as
+    lone surrogates, which no database, header or log line can hold."""
+    return not any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def clean_text(text: str) -> str:
+    return text if is_valid_utf8(text) else text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def rcpt_decision(address: str, *, authenticated: bool) -> RcptDecision:
     """The RCPT verdict. Hosted recipients resolve through the directory; anything else is
     relaying, allowed only for an authenticated identity and only to a well-formed address."""
     try:
+        if not is_valid_utf8(address):
+            raise AddressError("address is not valid UTF-8")
         addr = parse_address(address)
     except AddressError:
         return RcptDecision(replies.BAD_DESTINATION)
@@ -79,7 +91,8 @@ def inbound_sender_reply(address: str) -> str:
     if is_null_sender(address):
         return replies.SENDER_OK
     local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or any(ord(ch) < 32 or ch == "\x7f" for ch in address):
+    if not at or not local or not domain or not is_valid_utf8(address) or any(
+            ord(ch) < 32 or ch == "\x7f" for ch in address):
         return replies.BAD_SENDER_ADDRESS
     return replies.SENDER_OK
 
@@ -90,6 +103,8 @@ def submission_sender_reply(address: str, identity) -> str:
         return replies.AUTH_REQUIRED
     if is_null_sender(address):
         return replies.NULL_SENDER_NOT_ALLOWED
+    if not is_valid_utf8(address):
+        return replies.SENDER_NOT_ALLOWED
     try:
         parse_address(address)
     except AddressError:

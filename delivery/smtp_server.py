@@ -177,7 +177,7 @@ class MailSMTP(SMTP):
         identity = self.session.auth_data if self.session.authenticated else None
         return smtp_transaction.Transaction(
             submission=self.listener.submission, client_ip=str(self.session.peer[0]),
-            helo=self.session.host_name or "", tls=smtp_transaction.tls_description(ssl_object),
+            helo=smtp_policy.clean_text(self.session.host_name or ""), tls=smtp_transaction.tls_description(ssl_object),
             auth_user=identity.login if identity else "", mail_from=mail_from)
 
     def connection_made(self, transport) -> None:

@@ -136,3 +136,18 @@ def test_relay_depends_on_authentication_never_on_the_client_address(bob):
 
 def test_an_unknown_local_user_is_refused_even_for_authenticated_senders(bob):
     assert rcpt_decision("nobody@example.org", authenticated=True).reply == replies.UNKNOWN_USER
+
+
+def test_invalid_utf8_in_the_envelope_is_refused_and_the_session_goes_on(shared_smtp_service, bob):
+    session = RawSession(shared_smtp_service.inbound)
+    session.command(b"EHLO bad-\xff-helo.test")
+    assert session.command(b"MAIL FROM:<caf\xe9@elsewhere.test> SMTPUTF8") == replies.BAD_SENDER_ADDRESS
+    assert session.command("MAIL FROM:<someone@elsewhere.test> SMTPUTF8") == replies.SENDER_OK
+    assert session.command(b"RCPT TO:<b\xf6b@example.org>") == replies.BAD_DESTINATION
+    assert session.command(b"RCPT TO:<nobody@example.org>") == replies.UNKNOWN_USER
+    assert session.command("RCPT TO:<bob@example.org>") == replies.RECIPIENT_OK
+    assert session.command("DATA") == replies.START_DATA
+    session.send(b"Subject: ok\r\n\r\nfine\r\n.\r\n")
+    assert session.reply().startswith("250 2.0.0 OK")
+    session.close()
+    assert MessageLog.objects.filter(helo="bad-\ufffd-helo.test").count() == 2
