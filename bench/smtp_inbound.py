@@ -173,6 +173,13 @@ def run_mailhost(work: Path, args) -> dict:
     dns = LoopbackDns(work / "nsd", nsd)
     dns.zones["sender.test"] = ['@ IN TXT "v=spf1 ip4:127.0.0.0/8 -all"', '_dmarc IN TXT "v=DMARC1; p=none"']
     dns.restart()
+    try:
+        return _run_mailhost(work, args, dns)
+    finally:
+        dns.stop()
+
+
+def _run_mailhost(work: Path, args, dns) -> dict:
     env = dict(os.environ, DATABASE_URL=f"sqlite:///{work}/mailhost.sqlite3", MAIL_ROOT=str(work / "mhmail"),
                MAIL_HOSTNAME="mail.bench.test", MAIL_PUBLIC_IPS="127.0.0.1", DNS_RESOLVERS=dns.address,
                SMTP_MAX_CONNECTIONS_PER_IP="1000", LOG_LEVEL="WARNING")
@@ -207,7 +214,6 @@ def run_mailhost(work: Path, args) -> dict:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=30)
-        dns.stop()
 
 
 # -- Postfix -------------------------------------------------------------------------------------
