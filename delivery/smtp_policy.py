@@ -42,24 +42,48 @@ def is_null_sender(address: str) -> bool:
     return address in ("", NULL_SENDER)
 
 
+def is_valid_utf8(text: str) -> bool:
+    """aiosmtpd decodes SMTPUTF8 arguments with surrogateescape: invalid UTF-8 shows up as
+    lone surrogates, which no database, header or log line can hold."""
+    return not any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def clean_text(text: str) -> str:
+    return text if is_valid_utf8(text) else text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def rcpt_decision(address: str, *, authenticated: bool) -> RcptDecision:
     """The RCPT verdict. Hosted recipients resolve through the directory; anything else is
     relaying, allowed only for an authenticated identity and only to a well-formed address."""
     try:
+        if not is_valid_utf8(address):
+            raise AddressError("address is not valid UTF-8")
         addr = parse_address(address)
     except AddressError:
         return RcptDecision(replies.BAD_DESTINATION)
-    domain = hosted_domain_for(addr.domain)
-    if domain is None:
+    resolution = resolve(str(addr))
+    if resolution.verdict is Verdict.NOT_HOSTED:
         if authenticated:
             return RcptDecision(replies.RECIPIENT_OK, remote=[str(addr)])
         return RcptDecision(replies.RELAY_DENIED)
-    resolution = resolve(str(addr))
+    if resolution.verdict is Verdict.BAD_ADDRESS:
+        return RcptDecision(replies.BAD_DESTINATION)
+    domain_id = _domain_id(addr.domain, resolution)
     if not resolution.ok:
-        return RcptDecision(_VERDICT_REPLIES[resolution.verdict], resolution, hosted_domain_id=domain.pk)
+        return RcptDecision(_VERDICT_REPLIES[resolution.verdict], resolution, hosted_domain_id=domain_id)
     if any(mailbox.is_over_quota() for mailbox in resolution.mailboxes):
-        return RcptDecision(replies.MAILBOX_FULL, resolution, hosted_domain_id=domain.pk)
-    return RcptDecision(replies.RECIPIENT_OK, resolution, hosted_domain_id=domain.pk)
+        return RcptDecision(replies.MAILBOX_FULL, resolution, hosted_domain_id=domain_id)
+    return RcptDecision(replies.RECIPIENT_OK, resolution, hosted_domain_id=domain_id)
+
+
+def _domain_id(name: str, resolution: Resolution) -> int | None:
+    """The hosted domain the message log files this recipient under (saves a query when the
+    address is a mailbox of that very domain, the common case under load)."""
+    for mailbox in resolution.mailboxes:
+        if mailbox.domain.name == name:
+            return mailbox.domain_id
+    domain = hosted_domain_for(name)
+    return domain.pk if domain else None
 
 
 def inbound_sender_reply(address: str) -> str:
@@ -67,7 +91,8 @@ def inbound_sender_reply(address: str) -> str:
     if is_null_sender(address):
         return replies.SENDER_OK
     local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or any(ord(ch) < 32 or ch == "\x7f" for ch in address):
+    if not at or not local or not domain or not is_valid_utf8(address) or any(
+            ord(ch) < 32 or ch == "\x7f" for ch in address):
         return replies.BAD_SENDER_ADDRESS
     return replies.SENDER_OK
 
@@ -78,6 +103,8 @@ def submission_sender_reply(address: str, identity) -> str:
         return replies.AUTH_REQUIRED
     if is_null_sender(address):
         return replies.NULL_SENDER_NOT_ALLOWED
+    if not is_valid_utf8(address):
+        return replies.SENDER_NOT_ALLOWED
     try:
         parse_address(address)
     except AddressError:

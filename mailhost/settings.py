@@ -107,6 +107,7 @@ SMTP_COMMAND_TIMEOUT = env.float("SMTP_COMMAND_TIMEOUT", default=300.0)  # RFC 5
 SMTP_DATA_TIMEOUT = env.float("SMTP_DATA_TIMEOUT", default=180.0)  # silence allowed between DATA bytes
 SMTP_WORKER_THREADS = env.int("SMTP_WORKER_THREADS", default=16)
 SMTP_SHUTDOWN_GRACE = env.float("SMTP_SHUTDOWN_GRACE", default=5.0)
+SMTP_DNS_CACHE = env.bool("SMTP_DNS_CACHE", default=True)  # TTL-respecting cache for SPF/DKIM/DMARC lookups
 # Short-lived shared state (SMTP AUTH throttling and verification cache): redis://… when several
 # SMTP service copies run; per-process memory by default.
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}

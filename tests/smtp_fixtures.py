@@ -68,7 +68,8 @@ def start_smtp_service(log_path: Path, **env: str) -> SmtpService:
 def _dns_env(dns_server) -> dict[str, str]:
     # Every lookup of the service goes to the loopback nsd: nothing leaves the machine, and
     # names it does not serve fail at once (REFUSED) instead of timing out.
-    return {"DNS_RESOLVERS": dns_server.address}
+    # Tests change zones mid-test, so the service must not cache answers.
+    return {"DNS_RESOLVERS": dns_server.address, "SMTP_DNS_CACHE": "false"}
 
 
 @pytest.fixture
@@ -154,9 +155,11 @@ def _module_smtp_service(django_db_setup, tmp_path_factory):
     dns.zones["dns-ready.test"] = []
     dns.restart()
     mail_root = workdir / "mail"
-    service = start_smtp_service(workdir / "runsmtp.log", DNS_RESOLVERS=dns.address, MAIL_ROOT=str(mail_root),
+    service = start_smtp_service(workdir / "runsmtp.log", DNS_RESOLVERS=dns.address, SMTP_DNS_CACHE="false",
+                                 MAIL_ROOT=str(mail_root),
                                  MAIL_HOSTNAME="mail.mailhost.test")
     service.mail_root = mail_root
+    service.dns = dns          # tests may publish zones: dns.zone("sender.test", ...)
     yield service
     service.stop()
     dns.stop()

@@ -22,9 +22,9 @@ def login_587(service, user, password):
     return client
 
 
-def test_a_mailbox_logs_in_with_plain_and_login_after_starttls(smtp_service, bob):
+def test_a_mailbox_logs_in_with_plain_and_login_after_starttls(shared_smtp_service, bob):
     for mechanism in ("PLAIN", "LOGIN"):
-        client = smtplib.SMTP("127.0.0.1", smtp_service.submission, timeout=20)
+        client = smtplib.SMTP("127.0.0.1", shared_smtp_service.submission, timeout=20)
         client.starttls(context=client_tls())
         client.ehlo()
         client.user, client.password = "BOB@Example.org", PASSWORD
@@ -33,21 +33,21 @@ def test_a_mailbox_logs_in_with_plain_and_login_after_starttls(smtp_service, bob
         client.quit()
 
 
-def test_port_465_offers_and_accepts_auth_from_the_first_byte(smtp_service, bob):
-    with smtplib.SMTP_SSL("127.0.0.1", smtp_service.submissions, timeout=20, context=client_tls()) as client:
+def test_port_465_offers_and_accepts_auth_from_the_first_byte(shared_smtp_service, bob):
+    with smtplib.SMTP_SSL("127.0.0.1", shared_smtp_service.submissions, timeout=20, context=client_tls()) as client:
         client.ehlo()
         assert "PLAIN" in client.esmtp_features["auth"]
         assert client.login("bob@example.org", PASSWORD)[0] == 235
 
 
-def test_a_wrong_password_is_refused_with_535(smtp_service, bob):
+def test_a_wrong_password_is_refused_with_535(shared_smtp_service, bob):
     with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
-        login_587(smtp_service, "bob@example.org", "wrong password")
+        login_587(shared_smtp_service, "bob@example.org", "wrong password")
     assert f"{failed.value.smtp_code} {failed.value.smtp_error.decode()}" == replies.AUTH_FAILED
 
 
-def test_auth_is_neither_offered_nor_accepted_before_tls(smtp_service, bob):
-    session = RawSession(smtp_service.submission)
+def test_auth_is_neither_offered_nor_accepted_before_tls(shared_smtp_service, bob):
+    session = RawSession(shared_smtp_service.submission)
     assert "AUTH" not in session.command("EHLO client.test")
     plain = base64.b64encode(f"\0bob@example.org\0{PASSWORD}".encode()).decode()
     assert session.command(f"AUTH PLAIN {plain}") == replies.AUTH_NEEDS_TLS
@@ -55,8 +55,8 @@ def test_auth_is_neither_offered_nor_accepted_before_tls(smtp_service, bob):
     session.close()
 
 
-def test_auth_is_neither_offered_nor_accepted_on_the_mx_port(smtp_service, bob):
-    client = smtplib.SMTP("127.0.0.1", smtp_service.inbound, timeout=20)
+def test_auth_is_neither_offered_nor_accepted_on_the_mx_port(shared_smtp_service, bob):
+    client = smtplib.SMTP("127.0.0.1", shared_smtp_service.inbound, timeout=20)
     client.starttls(context=client_tls())
     client.ehlo()
     assert not client.has_extn("auth")
@@ -67,21 +67,21 @@ def test_auth_is_neither_offered_nor_accepted_on_the_mx_port(smtp_service, bob):
 
 
 def test_an_app_password_logs_in_with_the_mailbox_address_and_a_domain_credential_with_its_login(
-        smtp_service, bob):
+        shared_smtp_service, bob):
     _app, app_secret = RelayCredential.issue(domain=bob.domain, label="phone", mailbox=bob)
     relay, relay_secret = RelayCredential.issue(domain=bob.domain, label="crm", allowed_senders=["@example.org"])
-    login_587(smtp_service, "bob@example.org", app_secret).quit()
-    login_587(smtp_service, relay.login, relay_secret).quit()
+    login_587(shared_smtp_service, "bob@example.org", app_secret).quit()
+    login_587(shared_smtp_service, relay.login, relay_secret).quit()
     relay.revoke()
     with pytest.raises(smtplib.SMTPAuthenticationError):
-        login_587(smtp_service, relay.login, relay_secret)
+        login_587(shared_smtp_service, relay.login, relay_secret)
 
 
-def test_a_disabled_mailbox_cannot_log_in(smtp_service, bob):
+def test_a_disabled_mailbox_cannot_log_in(shared_smtp_service, bob):
     bob.active = False
     bob.save()
     with pytest.raises(smtplib.SMTPAuthenticationError):
-        login_587(smtp_service, "bob@example.org", PASSWORD)
+        login_587(shared_smtp_service, "bob@example.org", PASSWORD)
 
 
 def _failed_logins(service, count, user="bob@example.org", password=lambda n: f"guess {n}"):
@@ -120,3 +120,14 @@ def test_failures_are_counted_per_slash_24_and_slash_48():
     assert client_network("192.0.2.77") == "192.0.2.0/24"
     assert client_network("2001:db8:1:2::5") == "2001:db8:1::/48"
     assert client_network("::ffff:192.0.2.9") == "192.0.2.0/24"
+
+
+def test_a_password_change_invalidates_the_cached_verification(bob):
+    from delivery.smtp_auth import verify
+
+    assert verify("bob@example.org", PASSWORD).mailbox_id == bob.pk
+    assert verify("bob@example.org", PASSWORD) is not None      # now served from the cache
+    bob.user.set_password("a brand new password")
+    bob.user.save()
+    assert verify("bob@example.org", PASSWORD) is None
+    assert verify("bob@example.org", "a brand new password") is not None

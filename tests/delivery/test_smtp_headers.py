@@ -27,8 +27,9 @@ def rsa_key() -> tuple[bytes, str]:
 
 
 @pytest.fixture
-def sender_zones(dns_server):
+def sender_zones(shared_smtp_service):
     """sender.test signs with DKIM and publishes p=reject; mailer.test is an unaligned ESP."""
+    dns_server = shared_smtp_service.dns
     pem, public = rsa_key()
     dns_server.zones["mailer.test"] = ['@ IN TXT "v=spf1 ip4:127.0.0.0/8 -all"']
     dns_server.zone("sender.test", '@ IN TXT "v=spf1 ip4:127.0.0.0/8 -all"',
@@ -58,8 +59,8 @@ def stored_headers(bob) -> bytes:
 MESSAGE = b"From: Ann <ann@sender.test>\r\nSubject: report\r\n\r\nnumbers\r\n"
 
 
-def test_an_aligned_signed_message_passes_spf_dkim_and_dmarc(smtp_service, bob, sender_zones):
-    deliver(smtp_service, "ann@sender.test", signed(MESSAGE, sender_zones), starttls=True)
+def test_an_aligned_signed_message_passes_spf_dkim_and_dmarc(shared_smtp_service, bob, sender_zones):
+    deliver(shared_smtp_service, "ann@sender.test", signed(MESSAGE, sender_zones), starttls=True)
     headers = stored_headers(bob)
     assert b"Received: from " in headers and b"with ESMTPS (version=TLSv1." in headers
     assert b"Authentication-Results: mail.mailhost.test;" in headers
@@ -68,39 +69,39 @@ def test_an_aligned_signed_message_passes_spf_dkim_and_dmarc(smtp_service, bob, 
     assert b"dmarc=pass policy.dmarc=reject header.from=sender.test" in headers
 
 
-def test_a_dmarc_failure_under_p_reject_is_refused(smtp_service, bob, sender_zones):
+def test_a_dmarc_failure_under_p_reject_is_refused(shared_smtp_service, bob, sender_zones):
     with pytest.raises(smtplib.SMTPDataError) as refused:
-        deliver(smtp_service, "bounce@mailer.test", MESSAGE)
+        deliver(shared_smtp_service, "bounce@mailer.test", MESSAGE)
     assert f"{refused.value.smtp_code} {refused.value.smtp_error.decode()}" == replies.DMARC_REJECT
     assert not (bob.maildir / "new").exists() or not any((bob.maildir / "new").iterdir())
     assert MessageLog.objects.get(domain=bob.domain).result == "refused"
 
 
-def test_every_dkim_signature_is_checked_and_one_aligned_pass_is_enough(smtp_service, bob, sender_zones):
+def test_every_dkim_signature_is_checked_and_one_aligned_pass_is_enough(shared_smtp_service, bob, sender_zones):
     other_pem, _unpublished = rsa_key()
     data = signed(signed(MESSAGE, sender_zones), other_pem, domain=b"mailer.test", selector=b"gone")
-    deliver(smtp_service, "bounce@mailer.test", data)
+    deliver(shared_smtp_service, "bounce@mailer.test", data)
     headers = stored_headers(bob)
     assert b"dkim=fail header.d=mailer.test header.s=gone" in headers
     assert b"dkim=pass header.d=sender.test header.s=sel" in headers
     assert b"dmarc=pass" in headers
 
 
-def test_a_tampered_body_fails_dkim(smtp_service, bob, sender_zones, dns_server):
+def test_a_tampered_body_fails_dkim(shared_smtp_service, bob, sender_zones):
     data = signed(MESSAGE, sender_zones).replace(b"numbers", b"other numbers")
-    deliver(smtp_service, "ann@sender.test", data)
+    deliver(shared_smtp_service, "ann@sender.test", data)
     assert b"dkim=fail header.d=sender.test" in stored_headers(bob)
 
 
-def test_two_dmarc_records_mean_no_policy_so_nothing_is_refused(smtp_service, bob, sender_zones, dns_server):
-    dns_server.add("sender.test", '_dmarc IN TXT "v=DMARC1; p=none"')
-    deliver(smtp_service, "bounce@mailer.test", MESSAGE)
+def test_two_dmarc_records_mean_no_policy_so_nothing_is_refused(shared_smtp_service, bob, sender_zones):
+    shared_smtp_service.dns.add("sender.test", '_dmarc IN TXT "v=DMARC1; p=none"')
+    deliver(shared_smtp_service, "bounce@mailer.test", MESSAGE)
     assert b"dmarc=none" in stored_headers(bob)
 
 
-def test_dns_errors_are_temperror_and_never_refuse_mail(smtp_service, bob, sender_zones):
+def test_dns_errors_are_temperror_and_never_refuse_mail(shared_smtp_service, bob, sender_zones):
     message = MESSAGE.replace(b"sender.test", b"unserved.test")
-    deliver(smtp_service, "ann@unserved.test", signed(message, sender_zones, domain=b"unserved.test"))
+    deliver(shared_smtp_service, "ann@unserved.test", signed(message, sender_zones, domain=b"unserved.test"))
     headers = stored_headers(bob)
     assert b"spf=temperror" in headers
     assert b"dkim=temperror header.d=unserved.test" in headers

@@ -31,6 +31,9 @@ def test_it_delivers_to_a_mailbox_before_answering_250(shared_smtp_service, bob)
     [stored] = maildir_messages(bob)
     assert stored.endswith(MESSAGE)
     assert stored.startswith(b"Received: from ")
+    [row] = MessageLog.objects.filter(domain=bob.domain)
+    assert (row.direction, row.result, row.recipients) == ("inbound", "accepted", "bob@example.org")
+    assert f'"queue_id": "{row.queue_id}", "listener": "inbound"' in shared_smtp_service.log()
 
 
 def test_it_delivers_to_an_alias_a_catch_all_and_a_domain_alias(shared_smtp_service, bob):
@@ -75,6 +78,16 @@ def test_a_full_mailbox_gets_a_temporary_4_2_2(shared_smtp_service, example_org)
         send(shared_smtp_service, ["full@example.org"])
     code, text = refused.value.recipients["full@example.org"]
     assert f"{code} {text.decode()}" == replies.MAILBOX_FULL
+
+
+def test_a_message_that_would_overflow_the_quota_gets_4_2_2_at_data(shared_smtp_service, example_org):
+    nearly = create_mailbox("nearly@example.org", "correct horse battery", quota=1000)
+    nearly.used_bytes = 900
+    nearly.save()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(shared_smtp_service, ["nearly@example.org"], MESSAGE + b"x" * 500 + b"\r\n")
+    assert f"{refused.value.smtp_code} {refused.value.smtp_error.decode()}" == replies.MAILBOX_FULL
+    assert maildir_messages(nearly) == []
 
 
 RELAY_TRICKS = [
@@ -123,3 +136,18 @@ def test_relay_depends_on_authentication_never_on_the_client_address(bob):
 
 def test_an_unknown_local_user_is_refused_even_for_authenticated_senders(bob):
     assert rcpt_decision("nobody@example.org", authenticated=True).reply == replies.UNKNOWN_USER
+
+
+def test_invalid_utf8_in_the_envelope_is_refused_and_the_session_goes_on(shared_smtp_service, bob):
+    session = RawSession(shared_smtp_service.inbound)
+    session.command(b"EHLO bad-\xff-helo.test")
+    assert session.command(b"MAIL FROM:<caf\xe9@elsewhere.test> SMTPUTF8") == replies.BAD_SENDER_ADDRESS
+    assert session.command("MAIL FROM:<someone@elsewhere.test> SMTPUTF8") == replies.SENDER_OK
+    assert session.command(b"RCPT TO:<b\xf6b@example.org>") == replies.BAD_DESTINATION
+    assert session.command(b"RCPT TO:<nobody@example.org>") == replies.UNKNOWN_USER
+    assert session.command("RCPT TO:<bob@example.org>") == replies.RECIPIENT_OK
+    assert session.command("DATA") == replies.START_DATA
+    session.send(b"Subject: ok\r\n\r\nfine\r\n.\r\n")
+    assert session.reply().startswith("250 2.0.0 OK")
+    session.close()
+    assert MessageLog.objects.filter(helo="bad-\ufffd-helo.test").count() == 2

@@ -31,7 +31,9 @@ def refusal(exc: smtplib.SMTPResponseException) -> str:
 
 
 def test_an_authenticated_mailbox_relays_to_a_remote_recipient_through_the_queue(shared_smtp_service, bob):
-    assert submit(shared_smtp_service, "bob@example.org", ["friend@remote.test"], message()) == {}
+    assert submit(shared_smtp_service, "bob@example.org", ["friend@remote.test", "bob@example.org"], message()) == {}
+    [local_copy] = (bob.maildir / "new").iterdir()
+    assert local_copy.read_bytes().endswith(message())
     queued = QueuedMessage.objects.get()
     assert queued.source == QueuedMessage.Source.SUBMISSION and queued.auth_user == "bob@example.org"
     assert [r.address for r in queued.recipients.all()] == ["friend@remote.test"]
