@@ -126,3 +126,17 @@ class MessageLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.direction} {self.result} {self.mail_from}"
+
+    @staticmethod
+    def involving(address: str) -> models.Q:
+        """Rows where `address` sent, logged in or is one of the recipients.
+
+        `recipients` is a comma-separated list, so the address must match a whole item: bob@ must
+        never see the mail of xbob@ (a mailbox user's own log depends on it).
+        """
+        q = models.Q(mail_from__iexact=address) | models.Q(auth_user__iexact=address)
+        q |= models.Q(recipients__iexact=address)
+        for sep in (",", ", "):
+            q |= models.Q(recipients__istartswith=address + sep) | models.Q(recipients__iendswith=sep + address)
+            q |= models.Q(recipients__icontains=sep + address + sep)
+        return q

@@ -147,6 +147,9 @@ INSTALLED_APPS = [
     "mailboxes",
     "domains",
     "delivery",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -195,6 +198,10 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
+# Portal login throttling: distinct wrong passwords per account, failures per client network (/24, /48).
+PORTAL_LOGIN_MAX_FAILURES = env.int("PORTAL_LOGIN_MAX_FAILURES", default=5)
+PORTAL_LOGIN_MAX_NETWORK_FAILURES = env.int("PORTAL_LOGIN_MAX_NETWORK_FAILURES", default=30)
+PORTAL_LOGIN_WINDOW = env.int("PORTAL_LOGIN_WINDOW", default=900)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
