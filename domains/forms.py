@@ -37,7 +37,10 @@ class DomainAliasForm(forms.Form):
 
     def clean_name(self) -> str:
         alias = DomainAlias(name=self.cleaned_data["name"], target=self.domain)
-        alias.clean()
+        try:
+            alias.clean()
+        except ValidationError as exc:
+            raise ValidationError(exc.messages) from exc
         if DomainAlias.objects.filter(name=alias.name).exists():
             raise ValidationError(f"{alias.name} is already an alias domain")
         return alias.name

@@ -43,7 +43,7 @@ def domain_create(request):
         try:
             domain = provisioning.create_domain(form.cleaned_data["name"], **form.fields_for_model())
         except ValidationError as exc:
-            form.add_error("name", exc)
+            form.add_error("name", exc.messages)
         else:
             record(request, "domain.create", domain)
             messages.success(request, f"{domain.name} is added. Publish its DNS records next.")

@@ -66,7 +66,7 @@ def app_passwords(request, mailbox):
             new, secret = RelayCredential.issue(domain=mailbox.domain, mailbox=mailbox,
                                                 label=form.cleaned_data["label"])
         except ValidationError as exc:
-            form.add_error(None, exc)
+            form.add_error(None, exc.messages)
         else:
             record(request, "me.app_password", new, domain=mailbox.domain)
             form = AppPasswordForm()

@@ -54,7 +54,7 @@ def mailbox_create(request, domain):
             mailbox = provisioning.create_mailbox(f"{data['local_part']}@{domain.name}", data["password1"],
                                                   quota=data["quota"], display_name=data["display_name"])
         except ValidationError as exc:
-            form.add_error(None, exc)
+            form.add_error(None, exc.messages)
         else:
             record(request, "mailbox.create", mailbox, domain=domain)
             messages.success(request, f"{mailbox.address} is ready.")
@@ -133,7 +133,7 @@ def alias_create(request, domain):
         try:
             alias = provisioning.create_alias(f"{local}@{domain.name}", form.cleaned_data["destinations"])
         except ValidationError as exc:
-            form.add_error(None, exc)
+            form.add_error(None, exc.messages)
         else:
             record(request, "alias.create", alias, domain=domain)
             messages.success(request, f"{'The catch-all' if alias.is_catch_all else alias.address} is saved.")
@@ -172,7 +172,7 @@ def relay_list(request, domain):
         try:
             cred, secret = RelayCredential.issue(domain=domain, **form.cleaned_data)
         except ValidationError as exc:
-            form.add_error(None, exc)
+            form.add_error(None, exc.messages)
         else:
             record(request, "relay.issue", cred, domain=domain)
             form = RelayCredentialForm()
@@ -201,7 +201,7 @@ def csv_import(request, domain):
         try:
             results = importer(domain, form.text(), form.cleaned_data["first_line"] or 1)
         except ValidationError as exc:
-            form.add_error("file", exc)
+            form.add_error("file", exc.messages)
         else:
             created = sum(r.ok for r in results)
             record(request, f"csv.import_{form.cleaned_data['kind']}", domain, detail=f"{created}/{len(results)} rows")

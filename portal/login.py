@@ -67,6 +67,8 @@ def verify(request: HttpRequest, user, token: str) -> tuple[str, str]:
     if verdict.blocked:
         return "blocked", verdict.reason
     device = confirmed_device(user)
+    if device is not None and not device.verify_is_allowed()[0]:
+        return "failed", "Too many wrong codes in a row: wait a few seconds, then enter the current code."
     if device is None or not device.verify_token(token):
         throttle.record_failure(key, "otp:" + token, client_ip(request))
         return "failed", "That code is not right (or already used). Try the current one."
