@@ -11,7 +11,8 @@ from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_POST
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -40,7 +41,7 @@ def login_view(request):
         if outcome == "ok":
             return redirect(_next_url(request))
         if outcome == "otp":
-            return redirect(f"/login/verify/?next={_next_url(request)}")
+            return redirect(f"{reverse('portal:login_verify')}?{urlencode({'next': _next_url(request)})}")
         form.add_error(None, value)
         status = 429 if outcome == "blocked" else 200
     return render(request, "portal/login.html", {"form": form, "next": _next_url(request)}, status=status)

@@ -7,6 +7,16 @@ import pytest
 from tests.support import PASSWORD
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Portal tests create a dozen accounts each; argon2 (~0.1 s a hash) would dominate the suite.
+
+    What the hash is does not change who may see what; the argon2/Dovecot format is tested in
+    tests/mailboxes. Accounts created here still log in through the real backend.
+    """
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def _world(domain, local: str):
     from domains.dkim import create_key
     from domains.models import DomainAlias
