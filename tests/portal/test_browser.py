@@ -87,3 +87,29 @@ def test_superadmin_adds_a_domain_and_a_mailbox_whose_user_changes_the_password(
     assert "Wrong mail address" in page.inner_text("form")
     _login(page, base, "anna@shop.test", "second password")
     page.wait_for_url(re.compile(r"/me/$"))
+
+
+def test_a_csv_import_shows_progress_and_the_errors_of_each_row(page, live_server, alice, tmp_path):
+    from mailboxes.models import Mailbox
+
+    rows = ["address,password,quota,display_name"] + [f"user{i:03d},long password {i},,User {i}" for i in range(120)]
+    rows[31] = "broken@other.test,long password,,Broken"
+    rows[77] = "short,pw,,Short"
+    csv_file = tmp_path / "mailboxes.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    base = live_server.url
+    _login(page, base, "alice", PASSWORD)
+    page.wait_for_url(f"{base}/")
+    domain_pk = alice.administered_domains.get().pk
+    page.goto(f"{base}/domains/{domain_pk}/import/")
+    page.select_option("select[name=kind]", "mailboxes")
+    page.set_input_files("input[type=file]", str(csv_file))
+    page.click("button:has-text('Import')")
+    page.wait_for_selector("#import-results table")
+    assert "2 errors" in page.inner_text("#import-count")
+    assert page.get_attribute("progress", "value") == page.get_attribute("progress", "max")
+    results = page.inner_text("#import-results")
+    assert "Result: 120 rows" in results
+    assert "other.test is not example.org" in results and "at least 8 characters" in results
+    page.screenshot(path=SCREENSHOTS / "4-csv-import.png", full_page=True)
+    assert Mailbox.objects.filter(domain_id=domain_pk).count() == 118
