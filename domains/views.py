@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.db.models import Count, IntegerField, OuterRef, Subquery
+from django.db.models import Count
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -21,19 +21,26 @@ from .models import Domain
 from .records import expected_records
 
 
-def _mailbox_count():
-    rows = Mailbox.objects.filter(domain=OuterRef("pk")).order_by().values("domain").annotate(n=Count("pk"))
-    return Subquery(rows.values("n"), output_field=IntegerField())
+def _with_mailbox_counts(page):
+    """One grouped query for the page's domains. (A correlated subquery in the SELECT list is
+    evaluated by PostgreSQL for every row skipped by OFFSET too: 200 ms on page 20 of 1,000.)"""
+    ids = [d.pk for d in page.object_list]
+    counts = dict(Mailbox.objects.filter(domain_id__in=ids).order_by().values_list("domain_id")
+                  .annotate(n=Count("pk")).values_list("domain_id", "n"))
+    for domain in page.object_list:
+        domain.mailbox_count = counts.get(domain.pk, 0)
+    return page
 
 
 @admin_required
 def domain_list(request):
-    domains = Domain.objects.for_user(request.user).annotate(mailbox_count=_mailbox_count())
+    domains = Domain.objects.for_user(request.user)
     search = SearchForm(request.GET)
     q = search.cleaned_data["q"].strip().lower() if search.is_valid() else ""
     if q:
         domains = domains.filter(name__contains=q)
-    return render(request, "domains/list.html", {"page": paging.counted_page(domains, request), "q": q})
+    page = _with_mailbox_counts(paging.counted_page(domains, request))
+    return render(request, "domains/list.html", {"page": page, "q": q})
 
 
 @superadmin_required

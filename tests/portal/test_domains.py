@@ -78,10 +78,12 @@ def test_the_superadmin_assigns_and_removes_a_domain_admin(root_client, example_
     assert AuditLog.objects.filter(action__in=["domain.admin_add", "domain.admin_remove"]).count() == 2
 
 
-def test_a_domain_admin_lists_only_their_domains(client, alice, other_test):
+def test_a_domain_admin_lists_only_their_domains_with_mailbox_counts(client, alice, other_test, bob):
     client.force_login(alice)
-    page = client.get(reverse("domains:list")).content.decode()
+    response = client.get(reverse("domains:list"))
+    page = response.content.decode()
     assert "example.org" in page and "other.test" not in page
+    assert [d.mailbox_count for d in response.context["page"]] == [1]
 
 
 def test_domain_list_search_finds_by_name(root_client, example_org, other_test):
