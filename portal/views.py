@@ -77,12 +77,15 @@ def dashboard(request):
         return redirect("me:overview") if Mailbox.objects.filter(user=user).exists() else render(
             request, "portal/no_role.html")
     domains = Domain.objects.for_user(user)
+    mailboxes = Mailbox.objects.all()
+    pending = QueuedRecipient.objects.filter(state__in=QueuedRecipient.PENDING_STATES)
+    if not user.is_superuser:  # the superadmin's counts need no join through the domain table
+        mailboxes, pending = mailboxes.filter(domain__in=domains), pending.filter(message__sender_domain__in=domains)
     context = {
         "domains": domains[:20],
         "domain_count": domains.count(),
-        "mailbox_count": Mailbox.objects.filter(domain__in=domains).count(),
-        "pending_count": QueuedRecipient.objects.filter(
-            state__in=QueuedRecipient.PENDING_STATES, message__sender_domain__in=domains).count(),
+        "mailbox_count": mailboxes.count(),
+        "pending_count": pending.count(),
         "has_2fa": login_flow.confirmed_device(user) is not None,
     }
     return render(request, "portal/dashboard.html", context)
