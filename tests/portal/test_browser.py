@@ -22,6 +22,7 @@ def page(monkeypatch):
     # Playwright's sync API runs an event loop in this thread; the ORM calls made by the test
     # itself between steps are ordinary synchronous code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from django.db import connections
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {SCREENSHOTS}")
     with sync_playwright() as pw:
@@ -31,6 +32,9 @@ def page(monkeypatch):
         context.set_default_timeout(15_000)
         yield context.new_page()
         browser.close()
+        # ORM calls made while Playwright's loop runs get their own connection (Django keys
+        # connections by context); left open it would block dropping the PostgreSQL test database.
+        connections.close_all()
 
 
 def _login(page, base, username, password):
