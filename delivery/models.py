@@ -128,6 +128,15 @@ class MessageLog(models.Model):
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.direction} {self.result} {self.mail_from}"
 
     @staticmethod
+    def matching(text: str) -> models.Q:
+        """The portal's log search: a queue id exactly (indexed), else sender, recipients or subject."""
+        text = text.strip()
+        if len(text) == 16 and all(c in "0123456789abcdefABCDEF" for c in text):
+            return models.Q(queue_id=text.upper())
+        return (models.Q(mail_from__icontains=text) | models.Q(recipients__icontains=text)
+                | models.Q(subject__icontains=text))
+
+    @staticmethod
     def involving(address: str) -> models.Q:
         """Rows where `address` sent, logged in or is one of the recipients.
 

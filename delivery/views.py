@@ -6,8 +6,6 @@ through indexed or domain-bounded filters; the message bytes are never loaded fo
 
 from __future__ import annotations
 
-import re
-
 from django.db.models import Q
 from django.shortcuts import render
 
@@ -17,8 +15,6 @@ from portal.roles import domain_view, superadmin_required
 
 from .models import MessageLog, QueuedRecipient
 
-QUEUE_ID = re.compile(r"^[0-9A-Fa-f]{16}$")
-
 
 def _q(request) -> str:
     search = SearchForm(request.GET)
@@ -26,11 +22,7 @@ def _q(request) -> str:
 
 
 def _search_log(rows, q: str):
-    if not q:
-        return rows
-    if QUEUE_ID.match(q):
-        return rows.filter(queue_id=q.upper())
-    return rows.filter(Q(mail_from__icontains=q) | Q(recipients__icontains=q) | Q(subject__icontains=q))
+    return rows.filter(MessageLog.matching(q)) if q else rows
 
 
 def _queue(request, rows):

@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from delivery.models import MessageLog
 from portal import paging
 from portal.audit import record
+from portal.forms import SearchForm
 from portal.roles import mailbox_view, not_post
 
 from .forms import AppPasswordForm, AutoreplyForm, ForwardingForm
@@ -89,4 +90,8 @@ def app_password_revoke(request, mailbox, cred_pk):
 @mailbox_view
 def message_log(request, mailbox):
     rows = MessageLog.objects.filter(domain=mailbox.domain).filter(MessageLog.involving(mailbox.address))
-    return render(request, "me/log.html", {"mailbox": mailbox, "page": paging.window(rows, request)})
+    search = SearchForm(request.GET)
+    q = search.cleaned_data["q"].strip() if search.is_valid() else ""
+    if q:
+        rows = rows.filter(MessageLog.matching(q))
+    return render(request, "me/log.html", {"mailbox": mailbox, "page": paging.window(rows, request), "q": q})

@@ -84,3 +84,13 @@ def test_bobs_log_shows_his_messages_only(bob_client, bob, example_org, other_te
     page = bob_client.get(reverse("me:log")).content.decode()
     assert all(s in page for s in ("for bob", "from bob", "cc bob"))
     assert not any(s in page for s in ("for xbob", "lookalike", "other tenant"))
+
+
+def test_bob_searches_his_own_log_only(bob_client, bob, example_org):
+    for sender, rcpt, subject in [("a@remote.test", "bob@example.org", "invoice march"),
+                                  ("b@remote.test", "bob@example.org", "lunch"),
+                                  ("c@remote.test", "other@example.org", "invoice april")]:
+        MessageLog.objects.create(domain=example_org, direction="inbound", result="accepted", mail_from=sender,
+                                  recipients=rcpt, subject=subject)
+    page = bob_client.get(reverse("me:log"), {"q": "INVOICE"}).content.decode()
+    assert "invoice march" in page and "lunch" not in page and "invoice april" not in page

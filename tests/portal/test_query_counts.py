@@ -68,6 +68,7 @@ PAGES = [
     ("portal:audit", False, "superadmin", add_audit, {}),
     ("portal:audit", False, "alice", add_audit, {"q": "mailbox"}),
     ("me:log", False, "bob", add_logs, {}),
+    ("me:log", False, "bob", add_logs, {"q": "hello"}),
 ]
 
 
