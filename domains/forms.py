@@ -77,3 +77,13 @@ class DeleteConfirmForm(forms.Form):
         if self.cleaned_data["confirm"].strip().lower() != self.expected:
             raise ValidationError(f"type {self.expected} exactly to delete it")
         return self.cleaned_data["confirm"]
+
+
+class DomainLimitsForm(forms.ModelForm):
+    default_quota = SizeField(help_text="what a new mailbox gets; 0 for no limit")
+    max_quota = SizeField(help_text="the most a mailbox may have; 0 for no limit")
+
+    class Meta:
+        model = Domain
+        fields = ["max_mailboxes", "max_aliases", "default_quota", "max_quota"]
+        help_texts = {"max_mailboxes": "0 for no limit", "max_aliases": "0 for no limit"}

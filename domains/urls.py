@@ -9,6 +9,7 @@ urlpatterns = [
     path("new/", views.domain_create, name="create"),
     path("<int:pk>/", views.domain_detail, name="detail"),
     path("<int:pk>/suspend/", views.domain_suspend, name="suspend"),
+    path("<int:pk>/limits/", views.domain_limits, name="limits"),
     path("<int:pk>/delete/", views.domain_delete, name="delete"),
     path("<int:pk>/admins/", views.domain_admins, name="admins"),
     path("<int:pk>/admins/<int:user_pk>/remove/", views.domain_admin_remove, name="admin_remove"),

@@ -16,7 +16,14 @@ from portal.forms import SearchForm
 from portal.roles import admin_required, domain_view, not_post, superadmin_required
 
 from . import dkim, dkim_rotation, provisioning
-from .forms import AdminAssignForm, DeleteConfirmForm, DkimGenerateForm, DomainAliasForm, DomainCreateForm
+from .forms import (
+    AdminAssignForm,
+    DeleteConfirmForm,
+    DkimGenerateForm,
+    DomainAliasForm,
+    DomainCreateForm,
+    DomainLimitsForm,
+)
 from .models import Domain
 from .records import expected_records
 
@@ -79,6 +86,17 @@ def domain_suspend(request, domain):
     record(request, "domain.resume" if domain.active else "domain.suspend", domain)
     messages.success(request, f"{domain.name} is {'active again' if domain.active else 'suspended'}.")
     return redirect("domains:detail", pk=domain.pk)
+
+
+@domain_view(superadmin_only=True)
+def domain_limits(request, domain):
+    form = DomainLimitsForm(request.POST or None, instance=domain)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        record(request, "domain.limits", domain, detail=", ".join(form.changed_data))
+        messages.success(request, f"The limits of {domain.name} are saved.")
+        return redirect("domains:detail", pk=domain.pk)
+    return render(request, "domains/limits.html", {"domain": domain, "form": form})
 
 
 @domain_view(superadmin_only=True)

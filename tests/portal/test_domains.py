@@ -56,6 +56,16 @@ def test_suspending_and_resuming_a_domain_is_audited(root_client, example_org):
                                                                                        "domain.resume"]
 
 
+def test_the_superadmin_changes_a_domains_limits_and_a_contradiction_is_an_error(root_client, example_org):
+    url = reverse("domains:limits", kwargs={"pk": example_org.pk})
+    bad = root_client.post(url, {"max_mailboxes": 5, "max_aliases": 0, "default_quota": "2G", "max_quota": "1G"})
+    assert "default quota exceeds the maximum quota" in bad.content.decode()
+    root_client.post(url, {"max_mailboxes": 5, "max_aliases": 0, "default_quota": "500M", "max_quota": "1G"})
+    example_org.refresh_from_db()
+    assert (example_org.max_mailboxes, example_org.default_quota) == (5, 500 * 1024**2)
+    assert AuditLog.objects.get(action="domain.limits").detail == "max_mailboxes, default_quota, max_quota"
+
+
 def test_deleting_a_domain_needs_its_name_typed(root_client, example_org, bob):
     url = reverse("domains:delete", kwargs={"pk": example_org.pk})
     assert "1 mailbox" in root_client.get(url).content.decode()

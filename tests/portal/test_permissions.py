@@ -30,6 +30,7 @@ MATRIX = {
     "delivery:queue": ("superadmin", [], 200),
     "domains:detail": ("domain", [], 200),
     "domains:suspend": ("domain_super", [], 405),
+    "domains:limits": ("domain_super", [], 200),
     "domains:delete": ("domain_super", [], 200),
     "domains:admins": ("domain_super", [], 200),
     "domains:admin_remove": ("domain_super", [("user_pk", "admin")], 405),
