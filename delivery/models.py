@@ -126,3 +126,26 @@ class MessageLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.direction} {self.result} {self.mail_from}"
+
+    @staticmethod
+    def matching(text: str) -> models.Q:
+        """The portal's log search: a queue id exactly (indexed), else sender, recipients or subject."""
+        text = text.strip()
+        if len(text) == 16 and all(c in "0123456789abcdefABCDEF" for c in text):
+            return models.Q(queue_id=text.upper())
+        return (models.Q(mail_from__icontains=text) | models.Q(recipients__icontains=text)
+                | models.Q(subject__icontains=text))
+
+    @staticmethod
+    def involving(address: str) -> models.Q:
+        """Rows where `address` sent, logged in or is one of the recipients.
+
+        `recipients` is a comma-separated list, so the address must match a whole item: bob@ must
+        never see the mail of xbob@ (a mailbox user's own log depends on it).
+        """
+        q = models.Q(mail_from__iexact=address) | models.Q(auth_user__iexact=address)
+        q |= models.Q(recipients__iexact=address)
+        for sep in (",", ", "):
+            q |= models.Q(recipients__istartswith=address + sep) | models.Q(recipients__iendswith=sep + address)
+            q |= models.Q(recipients__icontains=sep + address + sep)
+        return q

@@ -29,3 +29,16 @@ def create_domain(name: str, **fields) -> Domain:
         domain.save()
         create_key(domain, active=True)
     return domain
+
+
+def delete_domain(domain: Domain) -> None:
+    """Remove a domain with its mailboxes' accounts, aliases and keys, in one transaction.
+
+    Mailboxes protect their domain from accidental deletion, so their accounts go first. Mail
+    already stored under MAIL_ROOT is left on disk for the operator to archive.
+    """
+    from mailboxes.models import User
+
+    with transaction.atomic():
+        User.objects.filter(mailbox__domain=domain).delete()
+        domain.delete()

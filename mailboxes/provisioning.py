@@ -71,3 +71,16 @@ def create_alias(address: str, destinations: list[str]) -> Alias:
         alias.full_clean()
         alias.save()
     return alias
+
+
+def delete_mailbox(mailbox: Mailbox) -> None:
+    """Remove a mailbox and its login; an account that also administers domains keeps its login.
+
+    The Maildir stays on disk: deleting stored mail is the operator's decision, not a click's.
+    """
+    with transaction.atomic():
+        user = mailbox.user
+        if user.is_superuser or user.administered_domains.exists():
+            mailbox.delete()
+        else:
+            user.delete()

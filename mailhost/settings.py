@@ -170,6 +170,9 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "api",
     "webmail",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -218,6 +221,10 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
+# Portal login throttling: distinct wrong passwords per account, failures per client network (/24, /48).
+PORTAL_LOGIN_MAX_FAILURES = env.int("PORTAL_LOGIN_MAX_FAILURES", default=5)
+PORTAL_LOGIN_MAX_NETWORK_FAILURES = env.int("PORTAL_LOGIN_MAX_NETWORK_FAILURES", default=30)
+PORTAL_LOGIN_WINDOW = env.int("PORTAL_LOGIN_WINDOW", default=900)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -1,0 +1,12 @@
+from django.urls import path
+
+from . import views
+
+app_name = "delivery"
+
+urlpatterns = [
+    path("domains/<int:pk>/log/", views.domain_log, name="domain_log"),
+    path("domains/<int:pk>/queue/", views.domain_queue, name="domain_queue"),
+    path("log/", views.global_log, name="log"),
+    path("queue/", views.global_queue, name="queue"),
+]

@@ -1,0 +1,64 @@
+"""The message log and queue pages: a domain's own rows for its admins, everything for the superadmin."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+
+from delivery.models import MessageLog, QueuedMessage, QueuedRecipient
+
+
+def _log(domain, subject, **kw):
+    return MessageLog.objects.create(domain=domain, direction="inbound", result="accepted",
+                                     mail_from="x@remote.test", recipients=f"bob@{domain.name}", subject=subject, **kw)
+
+
+def _queued(domain, rcpt, state="deferred"):
+    msg = QueuedMessage.objects.create(sender=f"bob@{domain.name}", data=b"secret bytes", sender_domain=domain)
+    QueuedRecipient.objects.create(message=msg, address=rcpt, domain=rcpt.split("@")[1], state=state,
+                                   last_reply="451 4.7.1 try later")
+    return msg
+
+
+def test_a_domain_admin_sees_only_their_domains_log_and_can_search_it(client, alice, example_org, other_test):
+    _log(example_org, "quarterly report", queue_id="0123456789ABCDEF")
+    _log(example_org, "lunch")
+    _log(other_test, "charlie's secret")
+    client.force_login(alice)
+    page = client.get(reverse("delivery:domain_log", kwargs={"pk": example_org.pk})).content.decode()
+    assert "quarterly report" in page and "lunch" in page and "charlie" not in page
+    page = client.get(reverse("delivery:domain_log", kwargs={"pk": example_org.pk}), {"q": "REPORT"}).content.decode()
+    assert "quarterly report" in page and "lunch" not in page
+    page = client.get(reverse("delivery:domain_log", kwargs={"pk": example_org.pk}),
+                      {"q": "0123456789abcdef"}).content.decode()
+    assert "quarterly report" in page and "lunch" not in page
+
+
+def test_the_superadmin_sees_every_domain_in_the_global_log(client, superadmin, example_org, other_test):
+    _log(example_org, "one")
+    _log(other_test, "two")
+    client.force_login(superadmin)
+    page = client.get(reverse("delivery:log")).content.decode()
+    assert "one" in page and "two" in page and "(other.test)" in page
+
+
+def test_the_queue_page_shows_pending_recipients_with_their_last_reply(client, alice, example_org, other_test):
+    msg = _queued(example_org, "friend@remote.test")
+    _queued(example_org, "done@remote.test", state="delivered")
+    _queued(other_test, "theirs@remote.test")
+    client.force_login(alice)
+    page = client.get(reverse("delivery:domain_queue", kwargs={"pk": example_org.pk})).content.decode()
+    assert msg.queue_id in page and "451 4.7.1 try later" in page
+    assert "done@remote.test" not in page and "theirs@remote.test" not in page
+    page = client.get(reverse("delivery:domain_queue", kwargs={"pk": example_org.pk}),
+                      {"state": "delivered"}).content.decode()
+    assert "done@remote.test" in page and "friend@remote.test" not in page
+
+
+def test_log_pages_link_to_older_rows(client, superadmin, example_org):
+    MessageLog.objects.bulk_create([MessageLog(domain=example_org, direction="inbound", result="accepted",
+                                               subject=f"message {n:03d}") for n in range(60)])
+    client.force_login(superadmin)
+    first = client.get(reverse("delivery:log")).content.decode()
+    assert "Older" in first and "page=2" in first
+    second = client.get(reverse("delivery:log"), {"page": 2}).content.decode()
+    assert second.count("message 0") == 10 and "Newer" in second
