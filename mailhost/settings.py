@@ -108,6 +108,17 @@ MIN_PASSWORD_LENGTH = env.int("MIN_PASSWORD_LENGTH", default=8)
 DKIM_SELECTOR_PREFIX = env.str("DKIM_SELECTOR_PREFIX", default="mh")
 QUEUE_LIFETIME = env.int("QUEUE_LIFETIME", default=5 * 24 * 3600)
 QUEUE_DELAY_WARNING = env.int("QUEUE_DELAY_WARNING", default=4 * 3600)
+# Outbound delivery (docs/outbound.md).
+QUEUE_SWEEP_INTERVAL = env.float("QUEUE_SWEEP_INTERVAL", default=5.0)
+QUEUE_LEASE_SECONDS = env.int("QUEUE_LEASE_SECONDS", default=300)
+QUEUE_BATCH_SIZE = env.int("QUEUE_BATCH_SIZE", default=100)
+QUEUE_DESTINATION_CONCURRENCY = env.int("QUEUE_DESTINATION_CONCURRENCY", default=5)
+SMTP_OUTBOUND_TIMEOUT = env.int("SMTP_OUTBOUND_TIMEOUT", default=60)
+MTA_STS_CA_FILE = env.str("MTA_STS_CA_FILE", default="")
+MTA_STS_HTTPS_PORT = env.int("MTA_STS_HTTPS_PORT", default=443)
+SRS_SECRET = env.str("SRS_SECRET", default="")
+SRS_DOMAIN = env.str("SRS_DOMAIN", default="")
+SUPPRESSION_DAYS = env.int("SUPPRESSION_DAYS", default=30)
 
 # Celery: the embedded default is kombu's filesystem transport, which needs no server.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
@@ -135,6 +146,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE["delivery-dispatch-due"] = {"task": "delivery.dispatch_due", "schedule": QUEUE_SWEEP_INTERVAL}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
 
 INSTALLED_APPS = [
