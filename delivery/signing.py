@@ -125,7 +125,7 @@ def signature_header(data: bytes, key: DkimKey) -> bytes:
     fields = [
         (b"v", b"1"), (b"a", algorithm), (b"c", b"relaxed/relaxed"), (b"d", domain),
         (b"s", key.selector.encode()), (b"t", str(int(time.time())).encode()),
-        (b"h", b":".join(include)), (b"bh", body_hash), (b"b", b""),
+        (b"h", b" : ".join(include)), (b"bh", body_hash), (b"b", b""),
     ]
     value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(b"DKIM-Signature"))
     sig_header = (b"DKIM-Signature", b" " + value)
