@@ -66,7 +66,8 @@ def build(message: QueuedMessage, rcpts: list[QueuedRecipient], action: str, to:
         if not failed:
             block += f"Will-Retry-Until: {email.utils.format_datetime(_expiry(message))}\r\n"
         blocks.append(block)
-    status.set_payload("\r\n".join(blocks))
+    # The email package writes message/delivery-status from a list of header blocks.
+    status.set_payload([email.message_from_string(b.replace("\r\n", "\n")) for b in blocks])
     report.attach(status)
 
     # The original's headers only (RFC 6522 allows text/rfc822-headers): enough to recognise

@@ -84,6 +84,7 @@ class Connection:
                     raise HostFailed(f"{self.host.name} refused STARTTLS: {_reply(code, msg)}")
                 return
             self.tls_version = self.smtp.sock.version() or ""
+            self.smtp.ehlo()  # RFC 3207: forget what was said before TLS and greet again
         elif self.policy.enforced:
             raise HostFailed(f"{self.host.name} offers no STARTTLS but MTA-STS enforces TLS")
 
