@@ -1,8 +1,8 @@
 """Real peers for outbound tests: an aiosmtpd sink, a test CA, an HTTPS server, Mail::DKIM.
 
 The sink decides by the recipient's local part what it answers, like the receivers of
-FIELD-NOTES: `reject…` 550 5.1.1, `grey…` 451 the first time then 250, `slow…` stalls before
-answering RCPT (to kill a worker mid-delivery), anything else 250.
+FIELD-NOTES: `reject…` 550 5.1.1, `grey…` 451 the first time then 250, `slow…` stalls the first
+time before answering RCPT (to kill a worker mid-delivery), anything else 250.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     greylisted: set[str] = field(default_factory=set)
     rcpt_attempts: list[str] = field(default_factory=list)
+    stalled: set[str] = field(default_factory=set)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@")[0].lower()
@@ -52,7 +53,8 @@ class SinkHandler:
         if local.startswith("grey") and address not in self.greylisted:
             self.greylisted.add(address)
             return "451 4.7.1 Greylisted, try again later"
-        if local.startswith("slow"):
+        if local.startswith("slow") and address not in self.stalled:
+            self.stalled.add(address)
             await asyncio.sleep(self.stall_seconds)
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
