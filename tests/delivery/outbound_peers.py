@@ -98,7 +98,7 @@ class Sink:
         return self.messages
 
 
-class TestCA:
+class CertificateAuthority:
     """A private CA made with `cryptography`; issues server certificates for test host names."""
 
     def __init__(self, workdir: Path):
@@ -141,7 +141,7 @@ class TestCA:
 
 def self_signed_context(workdir: Path, hostname: str = "sink.test") -> ssl.SSLContext:
     """A server context whose certificate nobody trusts: opportunistic TLS must still use it."""
-    return TestCA(workdir).server_context(hostname)
+    return CertificateAuthority(workdir).server_context(hostname)
 
 
 class PolicyServer:
