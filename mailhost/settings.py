@@ -103,6 +103,13 @@ SMTP_MAX_CONNECTIONS_PER_IP = env.int("SMTP_MAX_CONNECTIONS_PER_IP", default=100
 SMTP_MAX_CONNECTIONS = env.int("SMTP_MAX_CONNECTIONS", default=1000)
 SMTP_AUTH_MAX_FAILURES = env.int("SMTP_AUTH_MAX_FAILURES", default=10)
 SMTP_AUTH_WINDOW = env.int("SMTP_AUTH_WINDOW", default=600)
+SMTP_COMMAND_TIMEOUT = env.float("SMTP_COMMAND_TIMEOUT", default=300.0)  # RFC 5321 4.5.3.2.7: 5 minutes
+SMTP_DATA_TIMEOUT = env.float("SMTP_DATA_TIMEOUT", default=180.0)  # silence allowed between DATA bytes
+SMTP_WORKER_THREADS = env.int("SMTP_WORKER_THREADS", default=16)
+SMTP_SHUTDOWN_GRACE = env.float("SMTP_SHUTDOWN_GRACE", default=5.0)
+# Short-lived shared state (SMTP AUTH throttling and verification cache): redis://… when several
+# SMTP service copies run; per-process memory by default.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 
 MIN_PASSWORD_LENGTH = env.int("MIN_PASSWORD_LENGTH", default=8)
 DKIM_SELECTOR_PREFIX = env.str("DKIM_SELECTOR_PREFIX", default="mh")

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tests.dns_server import dns_server  # noqa: F401 - fixture for DNS-dependent tests
+from tests.smtp_fixtures import _module_smtp_service, shared_smtp_service, smtp_service, smtp_service_factory  # noqa: F401,E501
 from tests.support import PASSWORD, ROOT, free_port, need_program, subprocess_env, wait_for_port  # noqa: F401
 
 

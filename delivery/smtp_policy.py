@@ -1,0 +1,136 @@
+"""Who may relay, who may send as whom, and what each RCPT gets: plain functions, one reply each.
+
+Relay permission depends only on authentication, never on the client address (Mailu #1099:
+a proxy or NAT that hides client IPs turns an IP allow-list into an open relay). Address
+syntax goes through mailhost.addresses, the one place that refuses routing tricks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from email.headerregistry import Address as HeaderAddress
+from email.parser import BytesHeaderParser
+from email.policy import SMTP as SMTP_POLICY
+
+from mailboxes.directory import Resolution, Verdict, hosted_domain_for, resolve
+from mailhost.addresses import AddressError, parse_address
+
+from . import replies
+
+_VERDICT_REPLIES = {
+    Verdict.UNKNOWN_USER: replies.UNKNOWN_USER,
+    Verdict.NOT_HOSTED: replies.RELAY_DENIED,
+    Verdict.BAD_ADDRESS: replies.BAD_DESTINATION,
+    Verdict.DISABLED: replies.MAILBOX_DISABLED,
+}
+NULL_SENDER = "<>"
+
+
+@dataclass
+class RcptDecision:
+    reply: str
+    resolution: Resolution | None = None
+    remote: list[str] = field(default_factory=list)
+    hosted_domain_id: int | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.reply == replies.RECIPIENT_OK
+
+
+def is_null_sender(address: str) -> bool:
+    return address in ("", NULL_SENDER)
+
+
+def rcpt_decision(address: str, *, authenticated: bool) -> RcptDecision:
+    """The RCPT verdict. Hosted recipients resolve through the directory; anything else is
+    relaying, allowed only for an authenticated identity and only to a well-formed address."""
+    try:
+        addr = parse_address(address)
+    except AddressError:
+        return RcptDecision(replies.BAD_DESTINATION)
+    domain = hosted_domain_for(addr.domain)
+    if domain is None:
+        if authenticated:
+            return RcptDecision(replies.RECIPIENT_OK, remote=[str(addr)])
+        return RcptDecision(replies.RELAY_DENIED)
+    resolution = resolve(str(addr))
+    if not resolution.ok:
+        return RcptDecision(_VERDICT_REPLIES[resolution.verdict], resolution, hosted_domain_id=domain.pk)
+    if any(mailbox.is_over_quota() for mailbox in resolution.mailboxes):
+        return RcptDecision(replies.MAILBOX_FULL, resolution, hosted_domain_id=domain.pk)
+    return RcptDecision(replies.RECIPIENT_OK, resolution, hosted_domain_id=domain.pk)
+
+
+def inbound_sender_reply(address: str) -> str:
+    """Inbound MAIL FROM: any well-formed sender or the null sender; filtering decides later."""
+    if is_null_sender(address):
+        return replies.SENDER_OK
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or any(ord(ch) < 32 or ch == "\x7f" for ch in address):
+        return replies.BAD_SENDER_ADDRESS
+    return replies.SENDER_OK
+
+
+def submission_sender_reply(address: str, identity) -> str:
+    """Submission MAIL FROM: only addresses the logged-in identity may send as; never <>."""
+    if identity is None:
+        return replies.AUTH_REQUIRED
+    if is_null_sender(address):
+        return replies.NULL_SENDER_NOT_ALLOWED
+    try:
+        parse_address(address)
+    except AddressError:
+        return replies.SENDER_NOT_ALLOWED
+    return replies.SENDER_OK if identity.can_send_as(address) else replies.SENDER_NOT_ALLOWED
+
+
+def header_block(data: bytes) -> bytes:
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
+def header_sender_addresses(data: bytes) -> tuple[list[str], list[str]] | None:
+    """(From: addresses, Sender: addresses) of a message, None when From: is not exactly one
+    header with one address (RFC 5322 allows several, but then Sender: would be required and
+    a submission server cannot tell which one the user meant)."""
+    headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(header_block(data))
+    froms = headers.get_all("From") or []
+    if len(froms) != 1:
+        return None
+    try:
+        from_addresses = [_addr_spec(a) for a in froms[0].addresses]
+        sender_addresses = [_addr_spec(a) for h in headers.get_all("Sender") or [] for a in h.addresses]
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    if len(from_addresses) != 1 or not from_addresses[0]:
+        return None
+    return from_addresses, sender_addresses
+
+
+def _addr_spec(address: HeaderAddress) -> str:
+    return address.addr_spec
+
+
+def submission_headers_reply(data: bytes, identity) -> str | None:
+    """None when From: and every Sender: are addresses the identity may send as; else a reply."""
+    found = header_sender_addresses(data)
+    if found is None:
+        return replies.FROM_MISSING
+    from_addresses, sender_addresses = found
+    for address in from_addresses + sender_addresses:
+        if not identity.can_send_as(address):
+            return replies.FROM_NOT_ALLOWED
+    return None
+
+
+def bare_line_ending_reply(data: bytes) -> str | None:
+    """Refuse any CR or LF that is not part of a CRLF pair (SMTP smuggling, CVE-2023-51766)."""
+    pairs = data.count(b"\r\n")
+    if data.count(b"\r") != pairs or data.count(b"\n") != pairs:
+        return replies.BARE_LINE_ENDING
+    return None
+
+
+def too_many_recipients(count: int, limit: int) -> bool:
+    return count >= limit

@@ -1,0 +1,277 @@
+"""The SMTP service on aiosmtpd: one event loop, three listeners (MX 25, submission 587, 465).
+
+The handler implements aiosmtpd's handle_* hooks only; each calls plain functions in
+smtp_policy, smtp_auth and smtp_transaction, and anything touching the database or DNS runs in
+a worker thread so one slow lookup never stalls the other sessions. `MailSMTP` adds what
+aiosmtpd lacks (FIELD-NOTES): a connection cap per client address and in total, a DATA timeout
+that a slow but moving upload does not trip, and enhanced status codes on aiosmtpd's own replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from aiosmtpd.smtp import SMTP, Envelope
+from django.conf import settings
+from django.db import close_old_connections
+
+from . import replies, sender_checks, smtp_auth, smtp_policy, smtp_transaction, tls
+
+log = logging.getLogger("mailhost.smtp")
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str            # inbound / submission / submissions
+    host: str
+    port: int
+
+    @property
+    def submission(self) -> bool:
+        return self.name != "inbound"
+
+    @property
+    def implicit_tls(self) -> bool:
+        return self.name == "submissions"
+
+
+class ConnectionLimiter:
+    """Concurrent connections per client address and in total, for this process."""
+
+    def __init__(self, per_ip: int, total: int):
+        self.per_ip, self.total = per_ip, total
+        self.counts: Counter[str] = Counter()
+        self.open = 0
+
+    def acquire(self, ip: str) -> str | None:
+        if self.open >= self.total:
+            return replies.SERVER_BUSY
+        if self.counts[ip] >= self.per_ip:
+            return replies.TOO_MANY_CONNECTIONS
+        self.counts[ip] += 1
+        self.open += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.counts[ip] -= 1
+        self.open -= 1
+        if self.counts[ip] <= 0:
+            del self.counts[ip]
+
+
+def thread(fn, *args, **kwargs):
+    """Run database or DNS work in the worker pool, off the event loop."""
+    return asyncio.get_running_loop().run_in_executor(None, functools.partial(_with_fresh_connection, fn,
+                                                                              *args, **kwargs))
+
+
+def _with_fresh_connection(fn, *args, **kwargs):
+    # Worker threads keep their connection like a request would: dropped when broken or older
+    # than CONN_MAX_AGE, so a database restart costs one failed transaction, not every one.
+    close_old_connections()
+    return fn(*args, **kwargs)
+
+
+class MailHandler:
+    def __init__(self, listener: Listener):
+        self.listener = listener
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return ehlo_lines(responses, offer_auth=self.listener.submission)
+
+    async def handle_HELO(self, server, session, envelope, hostname):
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_AUTH(self, server, session, envelope, args):
+        if not self.listener.submission:
+            return replies.AUTH_NOT_ON_MX
+        return await smtp_auth.authenticate(server, session, args)
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.listener.submission:
+            reply = await thread(smtp_policy.submission_sender_reply, address, session.auth_data)
+        else:
+            reply = smtp_policy.inbound_sender_reply(address)
+        if reply == replies.SENDER_OK:
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+            envelope.tx = server.new_transaction(address)
+        return reply
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if smtp_policy.too_many_recipients(len(envelope.rcpt_tos), settings.SMTP_MAX_RECIPIENTS):
+            return replies.TOO_MANY_RECIPIENTS
+        decision = await thread(smtp_policy.rcpt_decision, address, authenticated=self.listener.submission
+                                and session.authenticated)
+        if decision.accepted:
+            envelope.rcpt_tos.append(address)
+            envelope.tx.add_recipient(address, decision)
+        else:
+            await thread(smtp_transaction.record_refused_rcpt, envelope.tx, address, decision)
+        return decision.reply
+
+    async def handle_DATA(self, server, session, envelope):
+        return await thread(smtp_transaction.finish, envelope.tx, envelope.original_content, session.auth_data)
+
+    async def handle_exception(self, error):
+        log.exception("smtp session error: %r", error)
+        return replies.LOCAL_ERROR
+
+
+def ehlo_lines(responses: list[str], *, offer_auth: bool) -> list[str]:
+    """aiosmtpd's EHLO keywords plus PIPELINING and ENHANCEDSTATUSCODES; no AUTH on the MX."""
+    lines = [line for line in responses[:-1] if offer_auth or not line.startswith("250-AUTH")]
+    return lines + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
+
+
+class MailSMTP(SMTP):
+    def __init__(self, handler: MailHandler, *, limiter: ConnectionLimiter, data_timeout: float,
+                 active: set, **kwargs):
+        super().__init__(handler, **kwargs)
+        self.listener = handler.listener
+        self.limiter = limiter
+        self.data_timeout = data_timeout
+        self.active = active
+        self._limit_reply: str | None = None
+        self._counted_ip: str | None = None
+        self._in_data = False
+        self._in_hook = 0
+        self._last_bytes_at = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """Mid-transaction: receiving DATA or running a hook (which may be storing mail)."""
+        return self._in_data or self._in_hook > 0
+
+    def close_with(self, reply: str) -> None:
+        if self.transport is not None:
+            self.transport.write((reply + "\r\n").encode())
+            self.transport.close()
+
+    async def _call_handler_hook(self, command: str, *args):
+        self._in_hook += 1
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self._in_hook -= 1
+
+    def _create_envelope(self) -> Envelope:
+        envelope = Envelope()
+        envelope.tx = None
+        return envelope
+
+    @staticmethod
+    def thread(fn, *args, **kwargs):
+        return thread(fn, *args, **kwargs)
+
+    def new_transaction(self, mail_from: str) -> smtp_transaction.Transaction:
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        identity = self.session.auth_data if self.session.authenticated else None
+        return smtp_transaction.Transaction(
+            submission=self.listener.submission, client_ip=str(self.session.peer[0]),
+            helo=self.session.host_name or "", tls=smtp_transaction.tls_description(ssl_object),
+            auth_user=identity.login if identity else "", mail_from=mail_from)
+
+    def connection_made(self, transport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            ip = str(self.session.peer[0])
+            self._limit_reply = self.limiter.acquire(ip)
+            self._counted_ip = None if self._limit_reply else ip
+            self.active.add(self)
+
+    def connection_lost(self, error) -> None:
+        if self._counted_ip is not None:
+            self.limiter.release(self._counted_ip)
+            self._counted_ip = None
+        self.active.discard(self)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._limit_reply:
+            log.warning("connection refused client=%s reply=%r", self.session.peer[0], self._limit_reply)
+            await self.push(self._limit_reply)
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+    async def push(self, status) -> None:
+        if isinstance(status, str):
+            status = replies.translate(status)
+            self._in_data = status.startswith("354")
+        await super().push(status)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_bytes_at = self.loop.time()
+        super().data_received(data)
+
+    def _timeout_cb(self) -> None:
+        """aiosmtpd arms one timer per command; while DATA bytes keep arriving we extend it."""
+        idle = self.loop.time() - self._last_bytes_at
+        if self._in_data and idle < self.data_timeout:
+            self._reset_timeout(self.data_timeout - idle)
+            return
+        if self.transport is not None:
+            self.transport.write((replies.TIMEOUT + "\r\n").encode())
+        super()._timeout_cb()
+
+
+async def serve(listeners: list[Listener], *, ready=None) -> None:
+    """Run until SIGTERM or SIGINT; then stop accepting, let sessions finish briefly, close."""
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=settings.SMTP_WORKER_THREADS, thread_name_prefix="smtp-work")
+    loop.set_default_executor(executor)
+    sender_checks.use_configured_resolvers()
+    context = tls.server_context()
+    limiter = ConnectionLimiter(settings.SMTP_MAX_CONNECTIONS_PER_IP, settings.SMTP_MAX_CONNECTIONS)
+    active: set[MailSMTP] = set()
+    servers = []
+    for listener in listeners:
+        factory = functools.partial(_protocol, listener, context, limiter, active, loop)
+        servers.append(await loop.create_server(
+            factory, host=listener.host, port=listener.port, reuse_address=True,
+            ssl=context if listener.implicit_tls else None))
+        log.info("listening listener=%s address=[%s]:%d", listener.name, listener.host, listener.port)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if ready is not None:
+        ready()
+    await stop.wait()
+    log.info("stopping: no new connections, %d open", len(active))
+    for server in servers:
+        server.close()
+    deadline = loop.time() + settings.SMTP_SHUTDOWN_GRACE
+    while True:
+        for protocol in list(active):
+            if not protocol.busy or loop.time() >= deadline:
+                protocol.close_with(replies.SHUTTING_DOWN)
+                active.discard(protocol)
+        if not active:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0)
+    executor.shutdown(wait=True)
+    log.info("stopped")
+
+
+def _protocol(listener: Listener, context, limiter, active, loop) -> MailSMTP:
+    return MailSMTP(
+        MailHandler(listener), limiter=limiter, active=active, loop=loop,
+        data_timeout=settings.SMTP_DATA_TIMEOUT, timeout=settings.SMTP_COMMAND_TIMEOUT,
+        hostname=settings.MAIL_HOSTNAME, ident="ESMTP mailhost",
+        data_size_limit=settings.SMTP_MAX_MESSAGE_SIZE, enable_SMTPUTF8=True, decode_data=False,
+        tls_context=None if listener.implicit_tls else context,
+        # On 465 the socket is TLS from the first byte, so AUTH may (must) be offered at once
+        # (aiosmtpd #281); elsewhere only after STARTTLS.
+        auth_require_tls=not listener.implicit_tls,
+    )
