@@ -15,8 +15,8 @@ from tests.smtp_fixtures import client_tls
 from tests.support import PASSWORD
 
 
-def test_submitted_mail_reaches_the_remote_mx_signed(bob, example_org, dns_server, smtp_service, start_worker,
-                                                       sink):
+def test_submitted_mail_reaches_the_remote_mx_signed(bob, example_org, dns_server, smtp_service,
+                                                       start_worker, sink):  # noqa: F811
     dns_server.zone("example.org", *dkim_txt_lines(example_org))
     start_worker()
     with smtplib.SMTP("127.0.0.1", smtp_service.submission, timeout=20) as client:
