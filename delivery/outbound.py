@@ -183,13 +183,20 @@ def deliver_batch(run: str, rows: list[QueuedRecipient]) -> None:
 
 
 def _drop_suppressed(run: str, rows: list[QueuedRecipient]) -> list[QueuedRecipient]:
+    """Bounce recipients suppressed for their sending domain (one query per batch, not per row)."""
+    from django.utils import timezone
+
+    domain_ids = {r.message.sender_domain_id for r in rows if r.message.sender_domain_id}
+    if not domain_ids:
+        return rows
+    active = {(s.domain_id, s.address): s for s in Suppression.objects.filter(
+        domain_id__in=domain_ids, address__in={r.address.lower() for r in rows}, expires_at__gt=timezone.now())}
     keep = []
     for r in rows:
-        suppressed = Suppression.active_for(r.message.sender_domain, r.address)
+        suppressed = active.get((r.message.sender_domain_id, r.address.lower()))
         if suppressed:
             record(run, r, Outcome("bounced", f"550 5.7.1 {r.address} is suppressed after a hard bounce "
                                               f"until {suppressed.expires_at:%Y-%m-%d}"))
         else:
             keep.append(r)
     return keep
-

@@ -161,8 +161,11 @@ def start_attempt(run: str, ids: list[int]) -> list[int]:
     """Mark rows in flight just before talking to the peer; returns the ids still ours."""
     now = timezone.now()
     lease_until = now + dt.timedelta(seconds=_setting("QUEUE_LEASE_SECONDS", 300))
-    QueuedRecipient.objects.filter(pk__in=ids, lease_owner=run, state__in=QueuedRecipient.PENDING_STATES
-                                   ).update(state=State.IN_FLIGHT, lease_until=lease_until)
+    updated = QueuedRecipient.objects.filter(
+        pk__in=ids, lease_owner=run, state__in=QueuedRecipient.PENDING_STATES,
+    ).update(state=State.IN_FLIGHT, lease_until=lease_until)
+    if updated == len(ids):
+        return list(ids)
     return list(QueuedRecipient.objects.filter(pk__in=ids, lease_owner=run, state=State.IN_FLIGHT)
                 .values_list("pk", flat=True))
 

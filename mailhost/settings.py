@@ -141,6 +141,7 @@ if CELERY_BROKER_URL.startswith("filesystem"):
         "data_folder_out": str(CELERY_BROKER_DIR),
         "processed_folder": str(VAR_DIR / "celery" / "processed"),
         "store_processed": False,
+        "polling_interval": 0.1,  # kombu polls an empty folder once a second by default: mail waited
     }
     for _folder in (CELERY_BROKER_DIR, VAR_DIR / "celery" / "processed"):
         _folder.mkdir(parents=True, exist_ok=True)

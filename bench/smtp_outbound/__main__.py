@@ -118,6 +118,9 @@ def run_load(port: int, total: int, domains: int, clients: int, login, sink: Cou
         t.join(TIME_LIMIT)
     if errors:
         raise RuntimeError(f"submission failed: {errors[0]!r}")
+    submitted = time.monotonic()
+    print(f"  submitted {total} in {submitted - started:.1f} s; {sink.count - start_count} already delivered",
+          flush=True)
     end = sink.wait(start_count + total, TIME_LIMIT)
     if sink.count - start_count < total:
         raise RuntimeError(f"only {sink.count - start_count} of {total} messages arrived in time")
