@@ -202,3 +202,15 @@ def test_a_delay_warning_goes_out_once_after_the_warning_time(bob, remote_mx, se
     [path] = list((bob.maildir / "new").iterdir())
     data = path.read_bytes()
     assert b"Action: delayed" in data and b"Will-Retry-Until:" in data and b"Status: 4.4.1" in data
+
+
+def test_suppressions_are_visible_and_removable_in_the_admin(client, superadmin, example_org):
+    suppression = Suppression.objects.create(domain=example_org, address="gone@remote.test",
+                                             reason="550 5.1.1 No such user here",
+                                             expires_at=timezone.now() + dt.timedelta(days=30))
+    client.force_login(superadmin)
+    listing = client.get("/admin/delivery/suppression/")
+    assert listing.status_code == 200 and b"gone@remote.test" in listing.content
+    response = client.post(f"/admin/delivery/suppression/{suppression.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Suppression.objects.exists()
