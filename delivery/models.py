@@ -77,6 +77,9 @@ class QueuedRecipient(models.Model):
             # The claim query: due rows in a pending state, oldest due first.
             models.Index(fields=["state", "next_attempt_at"], name="queue_due_idx"),
             models.Index(fields=["domain", "state"], name="queue_dest_idx"),
+            # take_over and the lease checks look rows up by owner token; without it each batch
+            # scanned every row ever queued, delivered ones included.
+            models.Index(fields=["lease_owner"], name="queue_lease_idx"),
         ]
 
     def __str__(self) -> str:

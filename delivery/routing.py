@@ -42,8 +42,18 @@ class Host:
     port: int
 
 
-def resolver() -> dns.resolver.Resolver:
-    """A resolver on settings.DNS_RESOLVERS, or the system's when that is empty."""
+# One TTL-respecting answer cache per resolver address, kept for the worker process's life: a
+# queue run touches the same few destinations over and over, and Postfix leans on a caching
+# resolver for the same reason. Keyed by the servers asked so a new DNS_RESOLVERS is never
+# answered from another server's cache. SMTP_DNS_CACHE=false turns it off.
+_caches: dict[tuple, dns.resolver.LRUCache] = {}
+
+
+def resolver(cached: bool = False) -> dns.resolver.Resolver:
+    """A resolver on settings.DNS_RESOLVERS, or the system's when that is empty.
+
+    `cached` shares the process's answer cache (MX and address lookups of the delivery path).
+    """
     if not settings.DNS_RESOLVERS:
         res = dns.resolver.Resolver()
     else:
@@ -52,6 +62,8 @@ def resolver() -> dns.resolver.Resolver:
         res.port = settings.DNS_RESOLVERS[0][1]
     res.lifetime = 10
     res.timeout = 4
+    if cached and getattr(settings, "SMTP_DNS_CACHE", True):
+        res.cache = _caches.setdefault((tuple(res.nameservers), res.port), dns.resolver.LRUCache(10000))
     return res
 
 
@@ -83,7 +95,7 @@ def mx_hosts(domain: str) -> list[Host]:
     if settings.SMTP_RELAY_HOST:
         host, relay_port = settings.SMTP_RELAY_HOST
         return [Host(host, (host,), relay_port)]
-    res = resolver()
+    res = resolver(cached=True)
     records = _query(res, domain, "MX")
     if not records:
         # RFC 5321 5.1: no MX but an address record is an implicit MX of preference 0.

@@ -28,7 +28,7 @@ import hmac
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiosmtpd.smtp import MISSING
 from django.conf import settings
@@ -44,6 +44,10 @@ log = logging.getLogger("mailhost.smtp.auth")
 
 SUCCESS_CACHE_SECONDS = 300
 EXEMPT_SECONDS = 3600
+# A session asks "may this login send as X?" at MAIL FROM and again for the From: header of the
+# same message: two queries each (mailbox, then aliases by substring). The answer is kept for
+# this long per session, so a revoked credential or a removed alias binds within seconds.
+SEND_AS_CACHE_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,20 @@ class Identity:
     login: str
     mailbox_id: int | None = None
     credential_id: int | None = None
+    _send_as: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def can_send_as(self, address: str) -> bool:
         """Database work: call from a thread."""
+        key = address.lower()
+        now = time.monotonic()
+        known = self._send_as.get(key)
+        if known is not None and now - known[0] < SEND_AS_CACHE_SECONDS:
+            return known[1]
+        allowed = self._can_send_as(address)
+        self._send_as[key] = (now, allowed)
+        return allowed
+
+    def _can_send_as(self, address: str) -> bool:
         if self.credential_id is not None:
             cred = RelayCredential.objects.select_related("mailbox__domain", "domain").filter(
                 pk=self.credential_id, revoked_at__isnull=True).first()

@@ -127,16 +127,22 @@ def run_load(port: int, total: int, domains: int, clients: int, login, sink: Cou
     return total / (end - started)
 
 
-def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int) -> tuple:
+def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int, concurrency: int) -> tuple:
     env = dict(os.environ)
+    # PostgreSQL when DATABASE_URL names it (the database is flushed first), else a fresh SQLite file.
+    database = os.environ.get("DATABASE_URL", "")
+    if not database.startswith("postgres"):
+        database = f"sqlite:///{workdir}/bench.sqlite3"
     env.update({
-        "DATABASE_URL": f"sqlite:///{workdir}/bench.sqlite3", "MAIL_ROOT": str(workdir / "mail"),
+        "DATABASE_URL": database, "DEBUG": "false", "MAIL_ROOT": str(workdir / "mail"),
         "MAIL_HOSTNAME": "mail.example.org", "MAIL_PUBLIC_IPS": "127.0.0.1", "DNS_RESOLVERS": dns.address,
         "SMTP_OUTBOUND_PORT": str(sink.port), "QUEUE_SWEEP_INTERVAL": "0.5", "PYTHONPATH": str(ROOT),
         "CELERY_BROKER_URL": os.environ.get("CELERY_BROKER_URL", "filesystem://"), "LOG_LEVEL": "WARNING",
     })
     py = sys.executable
     subprocess.run([py, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    if database.startswith("postgres"):
+        subprocess.run([py, "manage.py", "flush", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
     subprocess.run([py, "manage.py", "createdomain", "example.org"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     subprocess.run([py, "manage.py", "createmailbox", "bob@example.org", "--password", "bench password 1"],
@@ -145,7 +151,7 @@ def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int) -> tupl
     smtp = subprocess.Popen([py, "manage.py", "runsmtp", "--inbound", "off", "--submission", f"127.0.0.1:{port}",
                              "--submissions", "off"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    worker = subprocess.Popen([py, "-m", "celery", "-A", "mailhost", "worker", "-B", "--concurrency=2",
+    worker = subprocess.Popen([py, "-m", "celery", "-A", "mailhost", "worker", "-B", f"--concurrency={concurrency}",
                                "--without-gossip", "--without-mingle", "--loglevel=WARNING",
                                "-s", str(workdir / "beat")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
@@ -242,6 +248,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--domains", type=int, default=50)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
     args = parser.parse_args()
     from tests.dns_server import LoopbackDns
 
@@ -259,7 +266,7 @@ def main() -> int:
         sink.controller.start()
         try:
             dns.restart()
-            env, smtp, worker, port = setup_mailhost(workdir, dns, sink, args.domains)
+            env, smtp, worker, port = setup_mailhost(workdir, dns, sink, args.domains, args.concurrency)
             procs += [smtp, worker]
             time.sleep(3)  # let the worker connect to the broker
             ours = run_load(port, args.messages, args.domains, args.clients, ("bob@example.org", "bench password 1"),
@@ -277,7 +284,9 @@ def main() -> int:
                 stop(p)
             sink.controller.stop()
             dns.stop()
-    print(f"messages: {args.messages} to {args.domains} domains, {args.clients} submitting clients")
+    print(f"messages: {args.messages} to {args.domains} domains, {args.clients} submitting clients; "
+          f"database {env['DATABASE_URL'].split(':')[0]}, broker {env['CELERY_BROKER_URL'].split(':')[0]}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"mailhost (submission+AUTH, DKIM, Celery, MX via DNS): {ours:8.1f} msg/s")
     print(f"postfix  (relaying the same load to the same sink):   {theirs:8.1f} msg/s")
     print(f"ratio mailhost/postfix: {ours / theirs:.2f}")

@@ -1,0 +1,130 @@
+"""What keeps the outbound path fast without giving up its guarantees (bench/smtp_outbound).
+
+Connections are parked briefly and reused for the next batch to the same MX host, MX answers are
+cached per worker process, a sweep claims each domain in as few transactions as it can, and an
+SMTP session does not ask the database twice whether its login may use a sender address.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from delivery import outbound, queue, routing, smtp_auth
+from delivery.models import QueuedRecipient
+from delivery.queue import enqueue
+from mailboxes.provisioning import create_alias
+from tests.delivery.outbound_peers import Sink
+
+State = QueuedRecipient.State
+MESSAGE = b"From: Bob <bob@example.org>\r\nTo: someone@remote.test\r\nSubject: hello\r\n\r\nHi there.\r\n"
+
+
+@pytest.fixture(autouse=True)
+def no_parked_connections():
+    """Connections parked by one test must not serve the next one."""
+    yield
+    for _, conn in outbound._idle.values():
+        conn.close()
+    outbound._idle.clear()
+
+
+@pytest.fixture
+def sink(dns_server, settings):
+    dns_server.zone("remote.test", "@ IN MX 10 mx.remote.test.", "mx IN A 127.0.0.2")
+    dns_server.zone("other.remote", "@ IN MX 10 mx.remote.test.")
+    with Sink() as s:
+        settings.SMTP_OUTBOUND_PORT = s.port
+        yield s
+
+
+def run_queue() -> None:
+    for token in queue.claim_due():
+        run, rows = queue.take_over(token)
+        outbound.deliver_batch(run, rows)
+
+
+def test_batches_for_two_domains_on_the_same_mx_host_share_one_connection(bob, sink):
+    enqueue("bob@example.org", ["a@remote.test"], MESSAGE)
+    enqueue("bob@example.org", ["b@other.remote"], MESSAGE)
+    run_queue()
+    assert len(sink.wait_for(2)) == 2
+    assert sink.handler.sessions == 1
+
+
+def test_with_the_connection_cache_off_each_batch_opens_its_own_connection(bob, sink, settings):
+    settings.SMTP_CONNECTION_CACHE_TIME = 0
+    enqueue("bob@example.org", ["a@remote.test"], MESSAGE)
+    enqueue("bob@example.org", ["b@other.remote"], MESSAGE)
+    run_queue()
+    assert len(sink.wait_for(2)) == 2
+    assert sink.handler.sessions == 2 and not outbound._idle
+
+
+def test_a_parked_connection_the_peer_dropped_is_replaced_and_the_mail_still_goes(bob, dns_server, settings):
+    dns_server.zone("remote.test", "@ IN MX 10 mx.remote.test.", "mx IN A 127.0.0.2")
+    with Sink() as before:
+        settings.SMTP_OUTBOUND_PORT = before.port
+        first = enqueue("bob@example.org", ["a@remote.test"], MESSAGE)
+        run_queue()
+        before.wait_for(1)
+        assert outbound._idle, "the healthy connection was parked"
+    with Sink(port=before.port) as again:
+        second = enqueue("bob@example.org", ["b@remote.test"], MESSAGE)
+        run_queue()
+        assert [m.rcpt_tos for m in again.wait_for(1)] == [["b@remote.test"]]
+    assert first.recipients.get().state == State.DELIVERED
+    assert second.recipients.get().state == State.DELIVERED
+
+
+def test_a_parked_connection_older_than_the_cache_time_is_closed_not_reused(bob, sink, settings):
+    enqueue("bob@example.org", ["a@remote.test"], MESSAGE)
+    run_queue()
+    sink.wait_for(1)
+    settings.SMTP_CONNECTION_CACHE_TIME = 0.000001
+    enqueue("bob@example.org", ["b@remote.test"], MESSAGE)
+    run_queue()
+    assert len(sink.wait_for(2)) == 2 and sink.handler.sessions == 2
+
+
+def test_mx_answers_are_cached_within_their_ttl_unless_the_cache_is_off(dns_server, settings):
+    routing._caches.clear()
+    dns_server.zone("moving.test", "@ 3600 IN MX 10 mx1.moving.test.", "mx1 IN A 127.0.0.2", "mx2 IN A 127.0.0.2")
+    assert [h.name for h in routing.mx_hosts("moving.test")] == ["mx1.moving.test"]
+    dns_server.zone("moving.test", "@ 3600 IN MX 10 mx2.moving.test.", "mx1 IN A 127.0.0.2", "mx2 IN A 127.0.0.2")
+    assert [h.name for h in routing.mx_hosts("moving.test")] == ["mx1.moving.test"]
+    settings.SMTP_DNS_CACHE = False
+    assert [h.name for h in routing.mx_hosts("moving.test")] == ["mx2.moving.test"]
+
+
+def test_a_sweep_splits_a_long_queue_for_one_domain_into_batches_up_to_the_concurrency_limit(bob, settings):
+    settings.QUEUE_BATCH_SIZE = 2
+    settings.QUEUE_DESTINATION_CONCURRENCY = 5
+    enqueue("bob@example.org", [f"r{n}@remote.test" for n in range(5)], MESSAGE)
+    tokens = queue.claim_due()
+    sizes = sorted(QueuedRecipient.objects.filter(lease_owner=t).count() for t in tokens)
+    assert sizes == [1, 2, 2]
+    assert queue.claim_due() == []  # everything is leased: a second sweep gets nothing
+
+
+def test_a_sweep_respects_batches_already_in_flight_for_a_domain(bob, settings):
+    settings.QUEUE_BATCH_SIZE = 1
+    settings.QUEUE_DESTINATION_CONCURRENCY = 2
+    enqueue("bob@example.org", [f"r{n}@remote.test" for n in range(4)], MESSAGE)
+    assert len(queue.claim_due()) == 2
+    assert queue.claim_due() == []
+    assert QueuedRecipient.objects.filter(lease_owner="").count() == 2
+
+
+def test_a_session_asks_the_database_once_whether_it_may_send_as_an_address(bob, django_assert_num_queries):
+    identity = smtp_auth.Identity(login="bob@example.org", mailbox_id=bob.pk)
+    assert identity.can_send_as("bob@example.org")
+    with django_assert_num_queries(0):
+        assert identity.can_send_as("Bob@example.org")
+
+
+def test_a_new_alias_counts_for_a_session_once_its_remembered_answer_expires(bob, monkeypatch):
+    identity = smtp_auth.Identity(login="bob@example.org", mailbox_id=bob.pk)
+    assert not identity.can_send_as("sales@example.org")
+    create_alias("sales@example.org", ["bob@example.org"])
+    monkeypatch.setattr(smtp_auth, "SEND_AS_CACHE_SECONDS", 0)
+    assert identity.can_send_as("sales@example.org")
