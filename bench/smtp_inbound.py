@@ -182,7 +182,9 @@ def run_mailhost(work: Path, args) -> dict:
 def _run_mailhost(work: Path, args, dns) -> dict:
     env = dict(os.environ, DATABASE_URL=f"sqlite:///{work}/mailhost.sqlite3", MAIL_ROOT=str(work / "mhmail"),
                MAIL_HOSTNAME="mail.bench.test", MAIL_PUBLIC_IPS="127.0.0.1", DNS_RESOLVERS=dns.address,
-               SMTP_MAX_CONNECTIONS_PER_IP="1000", LOG_LEVEL="WARNING")
+               SMTP_MAX_CONNECTIONS_PER_IP="1000", LOG_LEVEL="WARNING",
+               # production settings: DEBUG would record every SQL statement in memory
+               DEBUG="false")
     env.pop("CELERY_BROKER_URL", None)
     if args.database_url:
         env["DATABASE_URL"] = args.database_url
