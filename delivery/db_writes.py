@@ -71,9 +71,11 @@ class Writer(threading.Thread):
             for fn, args, kwargs, future in items:
                 try:
                     with transaction.atomic():
-                        future.set_result(fn(*args, **kwargs))
+                        result = fn(*args, **kwargs)
                 except Exception as exc:
                     future.set_exception(exc)
+                else:
+                    future.set_result(result)
             return
         for (_, _, _, future), result in zip(items, results, strict=True):
             future.set_result(result)

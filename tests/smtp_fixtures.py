@@ -80,7 +80,7 @@ def smtp_service_factory(transactional_db, dns_server, tmp_path):
     started: list[SmtpService] = []
 
     def start(**env: str) -> SmtpService:
-        service = start_smtp_service(tmp_path / f"runsmtp-{len(started)}.log", **_dns_env(dns_server), **env)
+        service = start_smtp_service(tmp_path / f"runsmtp-{len(started)}.log", **{**_dns_env(dns_server), **env})
         started.append(service)
         return service
 
