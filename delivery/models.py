@@ -149,3 +149,63 @@ class MessageLog(models.Model):
             q |= models.Q(recipients__istartswith=address + sep) | models.Q(recipients__iendswith=sep + address)
             q |= models.Q(recipients__icontains=sep + address + sep)
         return q
+
+class Suppression(models.Model):
+    """A recipient that hard-bounced for a sending domain: not tried again until `expires_at`.
+
+    Sending to an address that answered 5xx again and again hurts the domain's reputation
+    (Postal keeps suppressions for 30 days); the portal and `queue` show and remove them.
+    """
+
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="suppressions")
+    address = models.CharField(max_length=254)
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["domain", "address"], name="suppression_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address} suppressed for {self.domain.name} until {self.expires_at:%Y-%m-%d}"
+
+    @classmethod
+    def active_for(cls, domain: Domain | None, address: str) -> Suppression | None:
+        if domain is None:
+            return None
+        return cls.objects.filter(domain=domain, address=address.lower(),
+                                  expires_at__gt=timezone.now()).first()
+
+
+class AutoReplySent(models.Model):
+    """When a mailbox last auto-replied to a sender: RFC 3834 asks for at most one per period."""
+
+    mailbox = models.ForeignKey("mailboxes.Mailbox", on_delete=models.CASCADE, related_name="autoreplies_sent")
+    sender = models.CharField(max_length=254)
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["mailbox", "sender"], name="autoreply_once_per_sender")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox_id} replied to {self.sender} at {self.sent_at:%Y-%m-%d %H:%M}"
+
+
+class MtaStsPolicy(models.Model):
+    """A domain's cached MTA-STS policy (RFC 8461 section 5): shared by every worker."""
+
+    domain = models.CharField(max_length=253, unique=True)
+    policy_id = models.CharField(max_length=64)
+    mode = models.CharField(max_length=16)
+    mx = models.JSONField(default=list)
+    max_age = models.PositiveIntegerField()
+    fetched_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.domain} {self.mode} (id {self.policy_id})"

@@ -1,13 +1,41 @@
-"""Putting mail on the outbound queue: committed to the database before anyone says 250."""
+"""The outbound queue: putting mail on it, claiming due recipients, and recording outcomes.
+
+The database is the queue (DESIGN.md): Celery messages only say "look at the queue now".
+Claiming is a conditional UPDATE that sets a lease (owner token + expiry) on rows that are due
+and not leased, followed by reading back what this owner got — SQLite and PostgreSQL both honour
+that, and on PostgreSQL `select_for_update(skip_locked=True)` first keeps concurrent claimers off
+each other's rows. A worker that dies leaves a lease that simply runs out.
+"""
 
 from __future__ import annotations
 
-from django.db import transaction
+import datetime as dt
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from domains.models import Domain
 from mailhost.addresses import parse_address
 
-from .models import QueuedMessage, QueuedRecipient
+from .models import QueuedMessage, QueuedRecipient, Suppression
+
+log = logging.getLogger(__name__)
+State = QueuedRecipient.State
+
+# Postfix waits 300 s first and Stalwart 2 min; doubling to 2 h then every 4 h keeps a
+# greylisting peer (typically 5-15 min) cheap and a dead host from being hammered.
+RETRY_SCHEDULE = (300, 600, 1200, 2400, 3600, 7200)
+RETRY_AFTER_SCHEDULE = 4 * 3600
+
+
+def _setting(name: str, default):
+    return getattr(settings, name, default)
 
 
 def enqueue(sender: str, recipients: list[str], data: bytes, *,
@@ -15,10 +43,17 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
             original_recipients: dict[str, str] | None = None) -> QueuedMessage:
     """Store one message and a row per recipient in one transaction.
 
-    `data` is stored exactly as it will be sent (signing, if any, has already happened or
-    happens at delivery time from these bytes).
+    `data` is stored exactly as it will be sent: our own mail (every source but INBOUND) is
+    prepared and DKIM-signed here, once; forwarded mail keeps its bytes and the original
+    signatures, and gets an SRS envelope sender so SPF still passes at the next hop.
     """
+    from . import signing, srs
+
     original_recipients = original_recipients or {}
+    if source == QueuedMessage.Source.INBOUND:
+        sender = srs.forward(sender)
+    else:
+        data = signing.sign(signing.prepare(data))
     sender_domain = None
     if sender:
         sender_domain = Domain.objects.filter(name=parse_address(sender).domain).first()
@@ -32,4 +67,208 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
                             original_address=original_recipients.get(rcpt, ""))
             for rcpt in dict.fromkeys(recipients)
         )
+        transaction.on_commit(kick)
     return message
+
+
+_last_kick = 0.0
+
+
+def kick() -> None:
+    """Ask a worker to claim due rows now instead of at the next beat tick.
+
+    Throttled per process (one kick covers every row queued before it runs) and never fatal:
+    without a broker the periodic sweep still finds the rows.
+    """
+    global _last_kick
+    now = time.monotonic()
+    if now - _last_kick < _setting("QUEUE_KICK_INTERVAL", 0.5):
+        return
+    _last_kick = now
+    try:
+        from .tasks import dispatch_due
+
+        dispatch_due.apply_async(retry=False)
+    except Exception as exc:  # noqa: BLE001 - the sweep is the safety net
+        log.warning("could not signal the queue worker: %s", exc)
+
+
+# -- claiming -------------------------------------------------------------------------------
+
+def _due(now: dt.datetime):
+    return QueuedRecipient.objects.filter(
+        state__in=QueuedRecipient.PENDING_STATES, next_attempt_at__lte=now,
+    ).filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+
+
+def _lease_free(now: dt.datetime) -> Q:
+    return Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+
+
+def claim_batch(domain: str, now: dt.datetime | None = None, size: int | None = None) -> str | None:
+    """Lease up to `size` due recipients of `domain` to a new owner token; None when none were had."""
+    now = now or timezone.now()
+    size = size or _setting("QUEUE_BATCH_SIZE", 100)
+    token = secrets.token_hex(12)
+    lease_until = now + dt.timedelta(seconds=_setting("QUEUE_LEASE_SECONDS", 300))
+    with transaction.atomic():
+        candidates = _due(now).filter(domain=domain).order_by("next_attempt_at", "id")
+        if connection.vendor == "postgresql":
+            candidates = candidates.select_for_update(skip_locked=True, of=("self",))
+        ids = list(candidates.values_list("pk", flat=True)[:size])
+        if not ids:
+            return None
+        QueuedRecipient.objects.filter(pk__in=ids, state__in=QueuedRecipient.PENDING_STATES).filter(
+            _lease_free(now)).update(lease_owner=token, lease_until=lease_until)
+    if QueuedRecipient.objects.filter(lease_owner=token).exists():
+        return token
+    return None
+
+
+def claim_due(now: dt.datetime | None = None) -> list[str]:
+    """Lease due rows per destination, at most QUEUE_DESTINATION_CONCURRENCY batches per domain."""
+    now = now or timezone.now()
+    limit = _setting("QUEUE_DESTINATION_CONCURRENCY", 5)
+    tokens: list[str] = []
+    domains = list(_due(now).order_by().values_list("domain", flat=True).distinct()[:500])
+    for domain in domains:
+        busy = (QueuedRecipient.objects.filter(domain=domain, lease_until__gt=now)
+                .exclude(lease_owner="").values("lease_owner").distinct().count())
+        for _ in range(max(0, limit - busy)):
+            token = claim_batch(domain, now)
+            if token is None:
+                break
+            tokens.append(token)
+    return tokens
+
+
+def take_over(token: str) -> tuple[str, list[QueuedRecipient]]:
+    """Move a batch from the claim token to this run's own token.
+
+    If the broker delivers the same task twice, only the first run gets the rows; the second
+    finds nothing to do. Rows whose lease ran out were not ours any more and are left alone.
+    """
+    run = secrets.token_hex(12)
+    now = timezone.now()
+    QueuedRecipient.objects.filter(lease_owner=token, lease_until__gt=now,
+                                   state__in=QueuedRecipient.PENDING_STATES).update(lease_owner=run)
+    rows = list(QueuedRecipient.objects.select_related("message", "message__sender_domain")
+                .filter(lease_owner=run).order_by("message_id", "id"))
+    return run, rows
+
+
+def start_attempt(run: str, ids: list[int]) -> list[int]:
+    """Mark rows in flight just before talking to the peer; returns the ids still ours."""
+    now = timezone.now()
+    lease_until = now + dt.timedelta(seconds=_setting("QUEUE_LEASE_SECONDS", 300))
+    updated = QueuedRecipient.objects.filter(
+        pk__in=ids, lease_owner=run, state__in=QueuedRecipient.PENDING_STATES,
+    ).update(state=State.IN_FLIGHT, lease_until=lease_until)
+    if updated == len(ids):
+        return list(ids)
+    return list(QueuedRecipient.objects.filter(pk__in=ids, lease_owner=run, state=State.IN_FLIGHT)
+                .values_list("pk", flat=True))
+
+
+# -- outcomes -------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    kind: str          # delivered | deferred | bounced
+    reply: str
+    tls_version: str = ""
+
+
+def retry_delay(attempts: int) -> int:
+    """Seconds to wait after the `attempts`-th failed attempt."""
+    if attempts <= len(RETRY_SCHEDULE):
+        return RETRY_SCHEDULE[max(attempts, 1) - 1]
+    return RETRY_AFTER_SCHEDULE
+
+
+def record(run: str, rcpt: QueuedRecipient, outcome: Outcome) -> None:
+    """Write one recipient's outcome at once (a delivered row is committed before anything else)."""
+    from . import dsn
+
+    now = timezone.now()
+    rcpt.attempts += 1
+    rcpt.last_reply = outcome.reply[:2000]
+    rcpt.lease_owner, rcpt.lease_until = "", None
+    if outcome.tls_version:
+        rcpt.tls_version = outcome.tls_version
+    notify = None
+    if outcome.kind == "delivered":
+        rcpt.state, rcpt.delivered_at = State.DELIVERED, now
+    elif outcome.kind == "bounced":
+        rcpt.state, notify = State.BOUNCED, "failed"
+        _suppress(rcpt, outcome.reply)
+    else:
+        expires = rcpt.message.created_at + dt.timedelta(seconds=settings.QUEUE_LIFETIME)
+        next_at = now + dt.timedelta(seconds=retry_delay(rcpt.attempts))
+        if now >= expires:
+            rcpt.state, notify = State.EXPIRED, "failed"
+        else:
+            rcpt.state, rcpt.next_attempt_at = State.DEFERRED, min(next_at, expires)
+            warn_after = rcpt.message.created_at + dt.timedelta(seconds=settings.QUEUE_DELAY_WARNING)
+            if not rcpt.delay_warned and now >= warn_after:
+                rcpt.delay_warned, notify = True, "delayed"
+    updated = QueuedRecipient.objects.filter(pk=rcpt.pk, lease_owner=run).update(
+        state=rcpt.state, attempts=rcpt.attempts, last_reply=rcpt.last_reply, lease_owner="",
+        lease_until=None, tls_version=rcpt.tls_version, delivered_at=rcpt.delivered_at,
+        next_attempt_at=rcpt.next_attempt_at, delay_warned=rcpt.delay_warned,
+    )
+    if updated and notify:
+        try:
+            if dsn.send(rcpt, notify):
+                QueuedRecipient.objects.filter(pk=rcpt.pk).update(dsn_sent=True)
+        except Exception:
+            log.exception("could not make a DSN for %s in %s", rcpt.address, rcpt.message.queue_id)
+    _log(rcpt, outcome)
+
+
+def release(run: str, ids: list[int]) -> None:
+    """Give rows back untouched (e.g. the destination's connection limit was reached)."""
+    QueuedRecipient.objects.filter(pk__in=ids, lease_owner=run).update(
+        lease_owner="", lease_until=None, state=State.QUEUED)
+
+
+def _suppress(rcpt: QueuedRecipient, reply: str) -> None:
+    domain = rcpt.message.sender_domain
+    # Only a peer's 5xx about the address says it does not exist; our own refusals do not.
+    if domain is None or not reply[:1] == "5" or "suppressed" in reply:
+        return
+    days = _setting("SUPPRESSION_DAYS", 30)
+    Suppression.objects.update_or_create(
+        domain=domain, address=rcpt.address.lower(),
+        defaults={"reason": reply[:500], "created_at": timezone.now(),
+                  "expires_at": timezone.now() + dt.timedelta(days=days)},
+    )
+
+
+def _log(rcpt: QueuedRecipient, outcome: Outcome) -> None:
+    from .models import MessageLog
+
+    domain = rcpt.message.sender_domain
+    if domain is None:
+        return
+    result = {"delivered": MessageLog.Result.DELIVERED, "bounced": MessageLog.Result.BOUNCED}.get(
+        outcome.kind, MessageLog.Result.EXPIRED if rcpt.state == State.EXPIRED else MessageLog.Result.DEFERRED)
+    MessageLog.objects.create(
+        domain=domain, direction=MessageLog.Direction.OUTBOUND, result=result,
+        queue_id=rcpt.message.queue_id, mail_from=rcpt.message.sender, recipients=rcpt.address,
+        size=rcpt.message.size, tls=outcome.tls_version, reply=outcome.reply[:2000],
+    )
+
+
+# -- operator actions (`manage.py queue`) ------------------------------------------------------
+
+def retry_now(queue_id: str) -> int:
+    """Make every pending recipient of a message due now; returns how many."""
+    return QueuedRecipient.objects.filter(
+        message__queue_id=queue_id, state__in=QueuedRecipient.PENDING_STATES,
+    ).filter(_lease_free(timezone.now())).update(next_attempt_at=timezone.now(), state=State.QUEUED)
+
+
+def delete(queue_id: str) -> bool:
+    deleted, _ = QueuedMessage.objects.filter(queue_id=queue_id).delete()
+    return bool(deleted)

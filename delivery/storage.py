@@ -5,15 +5,23 @@ comes through `store_message`, so "durable before 250" holds in one place.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from django.db.models import F
 
 from mailboxes.models import Mailbox
 
-from . import db_writes, maildir
+from . import autoreply, db_writes, maildir, signing
 from .models import QueuedMessage
 from .queue import enqueue
+
+log = logging.getLogger(__name__)
+# Mail written here (not relayed) gets Date/Message-ID if missing, on every copy alike.
+PREPARED_SOURCES = (QueuedMessage.Source.SUBMISSION, QueuedMessage.Source.WEBMAIL)
+# Mail a person sent: inbound from outside, and colleagues writing through submission or webmail.
+AUTOREPLY_SOURCES = (QueuedMessage.Source.INBOUND, QueuedMessage.Source.SUBMISSION,
+                     QueuedMessage.Source.WEBMAIL)
 
 
 class OverQuota(Exception):
@@ -48,8 +56,23 @@ def store_message(sender: str, mailboxes: list[Mailbox], remote: list[str], data
     is committed: the caller may then answer 250.
     """
     stored = Stored()
+    if source in PREPARED_SOURCES:
+        data = signing.prepare(data)
     for mailbox in dict.fromkeys(mailboxes):
         stored.local_paths[mailbox.address] = deliver_local(mailbox, data)
     if remote:
         stored.queued = enqueue(sender, list(remote), data, source=source, auth_user=auth_user)
+    if source in AUTOREPLY_SOURCES:
+        _autoreplies(sender, mailboxes, data)
     return stored
+
+
+def _autoreplies(sender: str, mailboxes: list[Mailbox], data: bytes) -> None:
+    """Vacation replies come after the message is safe, and a failure here never refuses it."""
+    for mailbox in dict.fromkeys(mailboxes):
+        if not autoreply.is_active(mailbox):
+            continue
+        try:
+            autoreply.maybe_reply(mailbox, sender, data)
+        except Exception:
+            log.exception("auto-reply of %s to <%s> failed", mailbox.address, sender)

@@ -384,7 +384,7 @@ def fetch_mta_sts_policy(domain: str, lookup: Lookup, timeout: float) -> str:
     if not addresses:
         raise ValueError(f"{host} has no A/AAAA record")
     context = ssl.create_default_context(cafile=settings.MTA_STS_CA_FILE or None)
-    conn = _PinnedHTTPSConnection(host, addresses[0], settings.MTA_STS_POLICY_PORT, context, timeout)
+    conn = _PinnedHTTPSConnection(host, addresses[0], settings.MTA_STS_HTTPS_PORT, context, timeout)
     try:
         conn.request("GET", POLICY_PATH, headers={"User-Agent": "mailhost-dnscheck"})
         response = conn.getresponse()

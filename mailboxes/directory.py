@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from delivery import srs
 from domains.models import Domain, DomainAlias
 from mailhost.addresses import AddressError, parse_address
 
@@ -56,6 +57,12 @@ def resolve(address: str) -> Resolution:
         addr = parse_address(address)
     except AddressError as exc:
         return Resolution(Verdict.BAD_ADDRESS, reason=str(exc))
+    original = srs.reverse(address.strip().strip("<>"))  # its hash is case-sensitive
+    if original is not None:
+        # A bounce of mail we forwarded with an SRS sender: it goes back to the original sender
+        # (the hash and timestamp stop anyone from using this as an open relay).
+        return resolve(original) if is_hosted(parse_address(original).domain) else Resolution(
+            Verdict.DELIVER, remote=[original])
     domain = hosted_domain_for(addr.domain)
     if domain is None:
         return Resolution(Verdict.NOT_HOSTED, reason=f"{addr.domain} is not hosted here")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import getpass
 import grp
 import os
+import pwd
 import shlex
 import sys
 from dataclasses import dataclass
@@ -130,20 +131,36 @@ def database_url(db: dict | None = None) -> str:
     return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
-def mail_owner() -> tuple[int, int]:
-    """uid/gid Dovecot reads mail as: the owner of MAIL_ROOT, i.e. the account that runs mailhost.
+FALLBACK_MAIL_USER = "mail"   # Debian's system account for mail spools
 
-    Dovecot never accesses mail as root ("userdb returned 0 as uid").
+
+def mail_owner(mail_user: str | None = None) -> tuple[int, int, str]:
+    """uid/gid Dovecot reads mail as, and a warning for the operator ('' when all is well).
+
+    The account is `mail_user` when given, else the owner of MAIL_ROOT (the account that runs
+    mailhost). Dovecot never accesses mail as root ("userdb returned 0 as uid"), so a root-owned
+    MAIL_ROOT gets the `mail` system account and a warning saying what to chown: the configuration
+    is still printed, since the contract is to print one.
     """
+    if mail_user:
+        try:
+            entry = pwd.getpwnam(mail_user)
+        except KeyError as exc:
+            raise ImproperlyConfigured(f"--mail-user: there is no account {mail_user!r}") from exc
+        if entry.pw_uid == 0:
+            raise ImproperlyConfigured("--mail-user: Dovecot never reads mail as root")
+        return entry.pw_uid, entry.pw_gid, ""
     mail_root = Path(settings.MAIL_ROOT)
     mail_root.mkdir(parents=True, exist_ok=True)
     st = mail_root.stat()
-    if st.st_uid == 0:
-        raise ImproperlyConfigured(
-            f"MAIL_ROOT {mail_root} is owned by root and Dovecot never reads mail as root: "
-            "chown it to the account that runs mailhost (the SMTP service and the web app)"
-        )
-    return st.st_uid, st.st_gid
+    if st.st_uid != 0:
+        return st.st_uid, st.st_gid, ""
+    entry = pwd.getpwnam(FALLBACK_MAIL_USER)
+    return entry.pw_uid, entry.pw_gid, (
+        f"MAIL_ROOT {mail_root} is owned by root and Dovecot never reads mail as root: this "
+        f"configuration reads it as {FALLBACK_MAIL_USER!r} (uid {entry.pw_uid}); run mailhost as that "
+        f"account (chown -R {FALLBACK_MAIL_USER}: {mail_root}) or pass --mail-user"
+    )
 
 
 def write_checkpassword_program(base_dir: Path, uid: int, gid: int) -> Path:
@@ -180,7 +197,8 @@ def _listener(name: str, addr: tuple[str, int] | None, ssl: bool) -> str:
             f"{'    ssl = yes' + chr(10) if ssl else ''}  }}\n")
 
 
-def render_config(base_dir: Path, listeners: Listeners) -> str:
+def render_config(base_dir: Path, listeners: Listeners, mail_user: str | None = None,
+                  warn=lambda message: None) -> str:
     """The whole dovecot.conf; support files (checkpassword wrapper, TLS pair) are written first.
 
     Mail processes run as the owner of MAIL_ROOT (the account whose SMTP service writes the
@@ -192,7 +210,9 @@ def render_config(base_dir: Path, listeners: Listeners) -> str:
     base_dir = Path(base_dir).resolve()
     for sub in ("run", "state"):
         (base_dir / sub).mkdir(parents=True, exist_ok=True)
-    uid, gid = mail_owner()
+    uid, gid, warning = mail_owner(mail_user)
+    if warning:
+        warn(warning)
     program = write_checkpassword_program(base_dir, uid, gid)
     cert, key = certificate_paths()   # the SMTP service's pair: one certificate for the host
     # Auth runs as whoever generated the configuration: that account reaches the database.

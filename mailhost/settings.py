@@ -118,6 +118,17 @@ MIN_PASSWORD_LENGTH = env.int("MIN_PASSWORD_LENGTH", default=8)
 DKIM_SELECTOR_PREFIX = env.str("DKIM_SELECTOR_PREFIX", default="mh")
 QUEUE_LIFETIME = env.int("QUEUE_LIFETIME", default=5 * 24 * 3600)
 QUEUE_DELAY_WARNING = env.int("QUEUE_DELAY_WARNING", default=4 * 3600)
+# Outbound delivery (docs/outbound.md).
+QUEUE_SWEEP_INTERVAL = env.float("QUEUE_SWEEP_INTERVAL", default=5.0)
+QUEUE_LEASE_SECONDS = env.int("QUEUE_LEASE_SECONDS", default=300)
+QUEUE_BATCH_SIZE = env.int("QUEUE_BATCH_SIZE", default=100)
+QUEUE_DESTINATION_CONCURRENCY = env.int("QUEUE_DESTINATION_CONCURRENCY", default=5)
+SMTP_OUTBOUND_TIMEOUT = env.int("SMTP_OUTBOUND_TIMEOUT", default=60)
+MTA_STS_CA_FILE = env.str("MTA_STS_CA_FILE", default="")
+MTA_STS_HTTPS_PORT = env.int("MTA_STS_HTTPS_PORT", default=443)
+SRS_SECRET = env.str("SRS_SECRET", default="")
+SRS_DOMAIN = env.str("SRS_DOMAIN", default="")
+SUPPRESSION_DAYS = env.int("SUPPRESSION_DAYS", default=30)
 
 # Celery: the embedded default is kombu's filesystem transport, which needs no server.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
@@ -133,6 +144,7 @@ if CELERY_BROKER_URL.startswith("filesystem"):
         "data_folder_out": str(CELERY_BROKER_DIR),
         "processed_folder": str(VAR_DIR / "celery" / "processed"),
         "store_processed": False,
+        "polling_interval": 0.1,  # kombu polls an empty folder once a second by default: mail waited
     }
     for _folder in (CELERY_BROKER_DIR, VAR_DIR / "celery" / "processed"):
         _folder.mkdir(parents=True, exist_ok=True)
@@ -146,14 +158,13 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BEAT_SCHEDULE: dict = {}
 # The DNS wizard's checks (domains/dns_checks.py): total time bound, the port authoritative servers
-# are asked on, where the MTA-STS policy is fetched and which CA file verifies it, re-check period.
+# are asked on and the re-check period (MTA-STS fetches share MTA_STS_HTTPS_PORT and MTA_STS_CA_FILE).
 DNS_CHECK_TIMEOUT = env.float("DNS_CHECK_TIMEOUT", default=10.0)
 DNS_AUTHORITATIVE_PORT = env.int("DNS_AUTHORITATIVE_PORT", default=53)
-MTA_STS_POLICY_PORT = env.int("MTA_STS_POLICY_PORT", default=443)
-MTA_STS_CA_FILE = env.str("MTA_STS_CA_FILE", default="")
 DNS_RECHECK_INTERVAL = env.int("DNS_RECHECK_INTERVAL", default=6 * 3600)
 CELERY_BEAT_SCHEDULE["dns-recheck"] = {"task": "domains.tasks.recheck_all_domains", "schedule": DNS_RECHECK_INTERVAL}
 CELERY_BEAT_SCHEDULE["recount-mailbox-usage"] = {"task": "webmail.tasks.recount_mailbox_usage", "schedule": 900}
+CELERY_BEAT_SCHEDULE["delivery-dispatch-due"] = {"task": "delivery.dispatch_due", "schedule": QUEUE_SWEEP_INTERVAL}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
 
 INSTALLED_APPS = [
@@ -178,6 +189,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves collectstatic's output (admin, portal CSS, the API docs' Swagger UI) under gunicorn
+    # in production, where runserver's static view is off.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -233,6 +247,7 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every start without it
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LOGGING = {

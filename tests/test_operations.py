@@ -24,3 +24,18 @@ def test_metrics_are_refused_to_remote_clients_without_the_token(client, db, set
     assert client.get("/metrics", REMOTE_ADDR="203.0.113.9").status_code == 403
     ok = client.get("/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer s3cret")
     assert ok.status_code == 200
+
+
+def test_static_files_are_served_in_production_after_collectstatic(db, settings, tmp_path):
+    """With DEBUG off runserver's static view is gone; whitenoise serves the collected files
+    (the admin's CSS, the portal's, the API docs' Swagger UI) from the app server itself."""
+    from django.core.management import call_command
+    from django.test import Client
+
+    settings.STATIC_ROOT = tmp_path / "static"
+    settings.DEBUG = False
+    call_command("collectstatic", "--noinput", verbosity=0)
+    response = Client().get("/static/admin/css/base.css")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content if response.streaming else [response.content])
+    assert Client().get("/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js").status_code == 200

@@ -117,7 +117,7 @@ def checker_dns(dns_server, settings):
 @pytest.fixture
 def policy_server(tmp_path, settings):
     server = PolicyServer(tmp_path, ["mta-sts.example.org", "mta-sts.other.test"])
-    settings.MTA_STS_POLICY_PORT = server.port
+    settings.MTA_STS_HTTPS_PORT = server.port
     settings.MTA_STS_CA_FILE = str(server.ca_file)
     yield server
     server.close()

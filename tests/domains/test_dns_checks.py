@@ -266,7 +266,7 @@ def test_the_policy_this_server_serves_passes_the_check(checker_dns, example_org
     server = DjangoHttps(tmp_path, ["mta-sts.example.org"])
     try:
         settings.ALLOWED_HOSTS = [".example.org"]
-        settings.MTA_STS_POLICY_PORT, settings.MTA_STS_CA_FILE = server.port, str(server.ca_file)
+        settings.MTA_STS_HTTPS_PORT, settings.MTA_STS_CA_FILE = server.port, str(server.ca_file)
         checker_dns.zone("example.org", *published_zone(example_org))
         result = verdicts(example_org)["mta-sts-policy"]
         assert (result.status, result.found) == (

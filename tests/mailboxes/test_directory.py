@@ -60,3 +60,25 @@ def test_forwarding_without_a_copy_sends_only_to_the_target(example_org):
     carol.save()
     result = resolve("carol@example.org")
     assert result.mailboxes == [] and result.remote == ["carol@remote.test"]
+
+
+def test_a_bounce_to_our_srs_address_goes_back_to_the_original_sender(bob):
+    from delivery import srs
+
+    for n in range(100):  # many hashes: none may carry a character refused in local parts
+        address = srs.forward(f"carol{n}@elsewhere.test")
+        result = resolve(address)
+        assert result.ok and result.remote == [f"carol{n}@elsewhere.test"], address
+
+
+def test_a_forged_srs_address_is_not_a_relay(bob, settings):
+    from delivery import srs
+
+    forged = srs.forward("carol@elsewhere.test").replace("carol", "mallory")
+    assert resolve(forged).verdict is Verdict.NOT_HOSTED
+
+
+def test_an_srs_address_for_a_hosted_sender_resolves_to_its_mailbox(bob):
+    from delivery import srs
+
+    assert resolve(srs.forward("bob@example.org")).mailboxes == [bob]

@@ -6,6 +6,7 @@ import email
 import imaplib
 import io
 import poplib
+import pwd
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -145,14 +146,28 @@ def test_quota_usage_stays_true_after_an_imap_delete(dovecot, bob, client):
     assert bob.used_bytes == len(message("Keep me"))
 
 
-def test_dovecotconf_refuses_a_mail_root_owned_by_root(settings, tmp_path, db):
+def test_dovecotconf_reads_a_root_owned_mail_root_as_the_mail_account_and_warns(settings, tmp_path, db):
     import os
 
     if os.geteuid() != 0:
         pytest.skip("only root can make a root-owned MAIL_ROOT")
     settings.MAIL_ROOT = tmp_path / "rootmail"
-    with pytest.raises(CommandError, match="owned by root"):
-        call_command("dovecotconf", "--base-dir", str(tmp_path / "d"), stdout=io.StringIO())
+    out, err = io.StringIO(), io.StringIO()
+    call_command("dovecotconf", "--base-dir", str(tmp_path / "d"), stdout=out, stderr=err)
+    mail = pwd.getpwnam("mail")
+    assert f"mail_uid = {mail.pw_uid}" in out.getvalue() and "mail_location" in out.getvalue()
+    assert "owned by root" in err.getvalue() and "chown" in err.getvalue()
+
+
+def test_dovecotconf_reads_mail_as_the_account_it_is_told(tmp_path, db):
+    out = io.StringIO()
+    call_command("dovecotconf", "--base-dir", str(tmp_path / "d"), "--mail-user", "nobody", stdout=out)
+    assert f"mail_uid = {pwd.getpwnam('nobody').pw_uid}" in out.getvalue()
+    with pytest.raises(CommandError, match="never reads mail as root"):
+        call_command("dovecotconf", "--base-dir", str(tmp_path / "d"), "--mail-user", "root", stdout=io.StringIO())
+    with pytest.raises(CommandError, match="no account"):
+        call_command("dovecotconf", "--base-dir", str(tmp_path / "d"), "--mail-user", "no-such-user-x",
+                     stdout=io.StringIO())
 
 
 def test_dovecotconf_sets_production_ports_by_flag(tmp_path, db):

@@ -29,6 +29,7 @@ class Command(BaseCommand):
         parser.add_argument("--pop3s", default="off", help="POP3 with implicit TLS, e.g. 0.0.0.0:995")
         parser.add_argument("--base-dir", default=str(Path(settings.VAR_DIR) / "dovecot"),
                             help="where Dovecot keeps sockets, state, logs and the auth program")
+        parser.add_argument("--mail-user", help="account Dovecot reads mail as (default: the owner of MAIL_ROOT)")
 
     def handle(self, *args, **opts):
         listeners = Listeners(
@@ -36,7 +37,8 @@ class Command(BaseCommand):
             imaps=listener("--imaps", opts["imaps"]), pop3s=listener("--pop3s", opts["pop3s"]),
         )
         try:
-            config = render_config(Path(opts["base_dir"]), listeners)
+            config = render_config(Path(opts["base_dir"]), listeners, opts["mail_user"],
+                                   warn=lambda message: self.stderr.write(f"warning: {message}"))
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(config, ending="")

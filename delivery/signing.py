@@ -1,0 +1,174 @@
+"""DKIM signing of outbound mail (RFC 6376, RFC 8463 for ed25519).
+
+dkimpy does the parts that must match every verifier byte for byte — header parsing,
+relaxed canonicalisation, header selection and folding — and `cryptography` (OpenSSL) does the
+private-key operation: dkimpy's RSA is pure Python (~12 ms a signature), OpenSSL's under 1 ms,
+and dkimpy's ed25519 signing would need PyNaCl on top.
+
+Signing happens once, when the message is queued (see docs/outbound.md): the stored bytes are
+exactly what goes on the wire, retries do not re-sign, and a key rotated while mail waits does
+not matter because a retired key stays published for a while.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import re
+import time
+from functools import lru_cache
+
+import dkim
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from django.conf import settings
+
+from domains.models import DkimKey, Domain
+from mailhost.addresses import AddressError, parse_address
+
+# RFC 6376 section 5.4.1 recommendations plus the list headers of RFC 2369 and RFC 8058
+# (List-Unsubscribe-Post must be signed for one-click unsubscribe to count).
+SIGNED_HEADERS = (
+    "from", "to", "cc", "subject", "date", "message-id", "reply-to", "in-reply-to", "references",
+    "mime-version", "content-type", "content-transfer-encoding",
+)
+LIST_HEADER = re.compile(rb"^list-[a-z-]+$")
+# Signed once more than present, so an added second From: breaks the signature (RFC 6376 8.15).
+OVERSIGNED = ("from",)
+
+_BARE_NEWLINE = re.compile(rb"\r\n|\r|\n")
+
+
+def normalize_crlf(data: bytes) -> bytes:
+    """Every line ending becomes CRLF: what is signed must be what smtplib sends."""
+    data = _BARE_NEWLINE.sub(b"\r\n", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def _header_block(data: bytes) -> bytes:
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
+def has_header(data: bytes, name: str) -> bool:
+    pattern = re.compile(rb"^" + re.escape(name.encode()) + rb"[ \t]*:", re.IGNORECASE | re.MULTILINE)
+    return pattern.search(_header_block(data)) is not None
+
+
+def header_value(data: bytes, name: str) -> str:
+    """The first `name:` header, unfolded, as text (undecoded): for decisions, not for display."""
+    match = re.search(rb"^" + re.escape(name.encode()) + rb"[ \t]*:(.*(?:\r\n[ \t].*)*)",
+                      _header_block(data), re.IGNORECASE | re.MULTILINE)
+    if not match:
+        return ""
+    return re.sub(r"\r\n", "", match.group(1).decode("utf-8", "replace")).strip()
+
+
+def prepare(data: bytes) -> bytes:
+    """CRLF line endings, plus Date and Message-ID when the client left them out (RFC 5322 3.6)."""
+    data = normalize_crlf(data)
+    extra = b""
+    if not has_header(data, "Date"):
+        extra += b"Date: " + email.utils.formatdate(localtime=False, usegmt=True).encode() + b"\r\n"
+    if not has_header(data, "Message-ID"):
+        extra += b"Message-ID: " + email.utils.make_msgid(domain=settings.MAIL_HOSTNAME).encode() + b"\r\n"
+    return extra + data
+
+
+def from_domain(data: bytes) -> str | None:
+    """The domain of the From: address: DMARC aligns d= with it, so that is the signing domain."""
+    _, addr = email.utils.parseaddr(header_value(data, "From"))
+    try:
+        return parse_address(addr).domain
+    except AddressError:
+        return None
+
+
+@lru_cache(maxsize=256)
+def _load_key(pem: str):
+    return serialization.load_pem_private_key(pem.encode(), password=None)
+
+
+def _raw_sign(key: DkimKey, digest_input: bytes) -> bytes:
+    private = _load_key(key.private_key)
+    if isinstance(private, rsa.RSAPrivateKey):
+        return private.sign(digest_input, padding.PKCS1v15(), hashes.SHA256())
+    if isinstance(private, ed25519.Ed25519PrivateKey):
+        # RFC 8463: ed25519 signs the SHA-256 of the canonicalised headers, not the headers.
+        return private.sign(hashlib.sha256(digest_input).digest())
+    raise ValueError(f"unsupported DKIM key type for {key}")
+
+
+def _include_headers(parsed_headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    counts: dict[bytes, int] = {}
+    for name, _ in parsed_headers:
+        lower = name.lower()
+        if lower.decode("ascii", "replace") in SIGNED_HEADERS or LIST_HEADER.match(lower):
+            counts[lower] = counts.get(lower, 0) + 1
+    include: list[bytes] = []
+    for name, n in counts.items():
+        include += [name] * (n + (1 if name.decode() in OVERSIGNED else 0))
+    return include
+
+
+def signature_header(data: bytes, key: DkimKey) -> bytes:
+    """One `DKIM-Signature:` header line (CRLF-terminated) for `data`, relaxed/relaxed."""
+    headers, body = dkim.rfc822_parse(data)
+    canon = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    include = _include_headers(headers)
+    if b"from" not in include:
+        raise ValueError("a message without From: cannot be DKIM-signed")
+    algorithm = b"ed25519-sha256" if key.algorithm == DkimKey.Algorithm.ED25519 else b"rsa-sha256"
+    body_hash = base64.b64encode(hashlib.sha256(canon.canonicalize_body(body)).digest())
+    domain = key.domain.name.encode()
+    fields = [
+        (b"v", b"1"), (b"a", algorithm), (b"c", b"relaxed/relaxed"), (b"d", domain),
+        (b"s", key.selector.encode()), (b"t", str(int(time.time())).encode()),
+        (b"h", b" : ".join(include)), (b"bh", body_hash), (b"b", b""),
+    ]
+    value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(b"DKIM-Signature"))
+    sig_header = (b"DKIM-Signature", b" " + value)
+    collected = _Collect()
+    dkim.hash_headers(collected, canon, canon.canonicalize_headers(headers), include, sig_header,
+                      dict(fields))
+    signature = base64.b64encode(_raw_sign(key, bytes(collected.data)))
+    folded_b = b"\r\n\t".join(signature[i:i + 72] for i in range(0, len(signature), 72))
+    return b"DKIM-Signature: " + value + folded_b + b"\r\n"
+
+
+class _Collect:
+    """Stands in for a hash object in dkim.hash_headers: keeps the bytes to sign them in one go."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def update(self, chunk: bytes) -> None:
+        self.data += chunk
+
+
+def signing_keys(domain: Domain) -> list[DkimKey]:
+    """The domain's newest active RSA key and, when it has one, its newest active ed25519 key."""
+    keys: dict[str, DkimKey] = {}
+    for key in domain.dkim_keys.filter(state=DkimKey.State.ACTIVE).order_by("-activated_at"):
+        keys.setdefault(key.algorithm, key)
+    return [keys[a] for a in (DkimKey.Algorithm.RSA2048, DkimKey.Algorithm.ED25519) if a in keys]
+
+
+def sign(data: bytes) -> bytes:
+    """Prepend DKIM signatures of the From: domain when it is hosted here and has active keys.
+
+    `data` must already be prepared (CRLF). Mail whose From: is not ours is left as it is.
+    The RSA signature ends up on top: verifiers that read only the first signature (dkimpy's
+    `verify`) then see the one every receiver supports.
+    """
+    name = from_domain(data)
+    if not name:
+        return data
+    domain = Domain.objects.filter(name=name, active=True).first()
+    if domain is None:
+        return data
+    out = data
+    for key in reversed(signing_keys(domain)):
+        out = signature_header(data, key) + out
+    return out

@@ -1,0 +1,201 @@
+"""Real peers for outbound tests: an aiosmtpd sink, a test CA, an HTTPS server, Mail::DKIM.
+
+The sink decides by the recipient's local part what it answers, like the receivers of
+FIELD-NOTES: `reject…` 550 5.1.1, `grey…` 451 the first time then 250, `slow…` stalls the first
+time before answering RCPT (to kill a worker mid-delivery), anything else 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import http.server
+import ssl
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.support import ROOT, free_port, need_program
+
+VERIFIER = Path(__file__).with_name("dkim_verify.pl")
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    session: int
+    tls: bool
+
+
+@dataclass
+class SinkHandler:
+    stall_seconds: float = 30.0
+    messages: list[Received] = field(default_factory=list)
+    greylisted: set[str] = field(default_factory=set)
+    rcpt_attempts: list[str] = field(default_factory=list)
+    stalled: set[str] = field(default_factory=set)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@")[0].lower()
+        self.rcpt_attempts.append(address)
+        if local.startswith("reject"):
+            return "550 5.1.1 No such user here"
+        if local.startswith("grey") and address not in self.greylisted:
+            self.greylisted.add(address)
+            return "451 4.7.1 Greylisted, try again later"
+        if local.startswith("slow") and address not in self.stalled:
+            self.stalled.add(address)
+            await asyncio.sleep(self.stall_seconds)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
+                                      id(session), session.ssl is not None))
+        return "250 2.0.0 Ok: queued"
+
+    @property
+    def sessions(self) -> int:
+        return len({m.session for m in self.messages})
+
+
+class Sink:
+    """A real aiosmtpd server on 127.0.0.x:port, optionally offering STARTTLS."""
+
+    def __init__(self, host: str = "127.0.0.2", port: int | None = None, tls: ssl.SSLContext | None = None):
+        self.handler = SinkHandler()
+        self.host = host
+        self.port = port or free_port()
+        self.controller = Controller(self.handler, hostname=host, port=self.port, tls_context=tls,
+                                     require_starttls=False, server_hostname="sink.test",
+                                     ready_timeout=10)
+
+    def __enter__(self) -> Sink:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.controller.stop()
+
+    @property
+    def messages(self) -> list[Received]:
+        return self.handler.messages
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.messages
+
+
+class CertificateAuthority:
+    """A private CA made with `cryptography`; issues server certificates for test host names."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailhost test CA")])
+        now = dt.datetime.now(dt.UTC)
+        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                     .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                                  content_commitment=False, key_encipherment=False,
+                                                  data_encipherment=False, key_agreement=False,
+                                                  encipher_only=False, decipher_only=False), critical=True)
+                     .sign(self.key, hashes.SHA256()))
+        self.bundle = workdir / "ca.pem"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def server_context(self, hostname: str) -> ssl.SSLContext:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
+                .issuer_name(self.cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+                .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .sign(self.key, hashes.SHA256()))
+        cert_path = self.workdir / f"{hostname}.crt"
+        key_path = self.workdir / f"{hostname}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert_path, key_path)
+        return ctx
+
+
+def self_signed_context(workdir: Path, hostname: str = "sink.test") -> ssl.SSLContext:
+    """A server context whose certificate nobody trusts: opportunistic TLS must still use it."""
+    return CertificateAuthority(workdir).server_context(hostname)
+
+
+class PolicyServer:
+    """Serves one MTA-STS policy over HTTPS on 127.0.0.1, certificate from the test CA."""
+
+    def __init__(self, ctx: ssl.SSLContext, policy: str, content_type: str = "text/plain"):
+        body = policy.encode()
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests += 1
+                if self.path != "/.well-known/mta-sts.txt":
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> PolicyServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def dkim_txt_lines(domain) -> list[str]:
+    """Zone-file lines publishing every DKIM key of `domain`, TXT split into 255-byte strings."""
+    lines = []
+    for key in domain.dkim_keys.all():
+        value = key.txt_value
+        chunks = " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+        lines.append(f"{key.selector}._domainkey IN TXT {chunks}")
+    return lines
+
+
+def mail_dkim_verify(message: bytes, dns_port: int) -> list[str]:
+    """Perl Mail::DKIM's verdict on every signature (e.g. ['pass', 'pass']), DNS via loopback nsd."""
+    need_program("perl")
+    proc = subprocess.run(["perl", str(VERIFIER), str(dns_port)], input=message, capture_output=True,
+                          timeout=30, cwd=ROOT)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"Mail::DKIM verifier failed: {proc.stderr.decode()}")
+    return proc.stdout.decode().split()

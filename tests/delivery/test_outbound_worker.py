@@ -1,0 +1,95 @@
+"""The queue executed by real Celery workers through the real broker (not eager mode).
+
+Beat claims due rows and dispatches short delivery tasks; a worker killed with SIGKILL in the
+middle of an SMTP conversation leaves a lease that runs out, and the restarted worker delivers
+the message exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from delivery.models import QueuedRecipient
+from delivery.queue import enqueue
+from tests.delivery.outbound_peers import Sink
+from tests.support import ROOT, subprocess_env
+
+MESSAGE = b"From: Bob <bob@example.org>\r\nTo: x@remote.test\r\nSubject: via celery\r\n\r\nHello.\r\n"
+
+
+@pytest.fixture
+def sink(dns_server, settings):
+    dns_server.zone("remote.test", "@ IN MX 10 mx.remote.test.", "mx IN A 127.0.0.2")
+    with Sink() as s:
+        s.handler.stall_seconds = 20
+        settings.SMTP_OUTBOUND_PORT = s.port
+        yield s
+
+
+@pytest.fixture
+def start_worker(transactional_db, sink, dns_server, tmp_path):
+    """Start a real `celery worker -B` that delivers to the sink; every worker is stopped after."""
+    procs: list[subprocess.Popen] = []
+    env = subprocess_env(SMTP_OUTBOUND_PORT=str(sink.port), DNS_RESOLVERS=dns_server.address,
+                         QUEUE_SWEEP_INTERVAL="0.5", QUEUE_LEASE_SECONDS="4", QUEUE_KICK_INTERVAL="0")
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "mailhost", "worker", "-B", "--pool=solo",
+             "--without-gossip", "--without-mingle", "--loglevel=INFO",
+             "-s", str(tmp_path / f"beat-{len(procs)}")],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_until(condition, timeout: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
+def test_beat_and_a_worker_deliver_queued_mail_through_the_broker(bob, start_worker, sink):
+    message = enqueue("bob@example.org", ["x@remote.test", "y@remote.test"], MESSAGE)
+    start_worker()
+    wait_until(lambda: len(sink.messages) >= 1)
+    wait_until(lambda: not message.recipients.exclude(state=QueuedRecipient.State.DELIVERED).exists())
+    assert sorted(sink.messages[0].rcpt_tos) == ["x@remote.test", "y@remote.test"]
+
+
+def test_a_worker_killed_mid_delivery_delivers_exactly_once_after_restart(bob, start_worker, sink):
+    message = enqueue("bob@example.org", ["slow@remote.test"], MESSAGE)
+    worker = start_worker()
+    wait_until(lambda: "slow@remote.test" in sink.handler.rcpt_attempts)
+    rcpt = message.recipients.get()
+    assert rcpt.state == QueuedRecipient.State.IN_FLIGHT
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its embedded beat, no goodbye
+    worker.wait(timeout=10)
+    assert sink.messages == []
+
+    start_worker()
+    wait_until(lambda: len(sink.messages) == 1)
+    wait_until(lambda: message.recipients.get().state == QueuedRecipient.State.DELIVERED)
+    time.sleep(2)  # several more sweeps: nothing is sent again
+    assert len(sink.messages) == 1
+    assert message.recipients.get().attempts == 1
