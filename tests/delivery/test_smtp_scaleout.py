@@ -150,3 +150,32 @@ class socket_in_use:
 
     def __exit__(self, *exc):
         self.sock.close()
+
+
+def test_the_copies_of_runsmtp_stop_when_their_parent_is_killed(transactional_db):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "manage.py", "runsmtp", "--processes", "2", "--inbound",
+                             f"127.0.0.1:{port}", "--submission", "off", "--submissions", "off"], cwd=ROOT,
+                            env=subprocess_env(DNS_RESOLVERS="127.0.0.1:9"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    announced = f"runsmtp: inbound on 127.0.0.1:{port}"
+    assert any(line.decode().strip() == announced for line in iter(proc.stdout.readline, b""))
+    children = _children(proc.pid)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while any(os.path.exists(f"/proc/{child}") for child in children) and time.monotonic() < deadline:
+        for child in children:
+            try:
+                os.waitpid(child, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        time.sleep(0.1)
+    assert not any(_alive(child) for child in children)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -74,10 +74,12 @@ class Command(BaseCommand):
         connections.close_all()     # a connection must never be shared across fork
         ready_r, ready_w = os.pipe()
         children: set[int] = set()
+        parent = os.getpid()
         for _ in range(count):
             pid = os.fork()
             if pid == 0:
                 os.close(ready_r)
+                _die_with(parent)
                 os._exit(_child(listeners, ready_w))
             children.add(pid)
         os.close(ready_w)
@@ -157,3 +159,15 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+def _die_with(parent: int) -> None:
+    """A copy gets SIGTERM when the parent dies, even by SIGKILL, instead of serving on unseen."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:      # the parent died before prctl took effect
+        os._exit(1)
