@@ -182,7 +182,9 @@ def run_mailhost(work: Path, args) -> dict:
 def _run_mailhost(work: Path, args, dns) -> dict:
     env = dict(os.environ, DATABASE_URL=f"sqlite:///{work}/mailhost.sqlite3", MAIL_ROOT=str(work / "mhmail"),
                MAIL_HOSTNAME="mail.bench.test", MAIL_PUBLIC_IPS="127.0.0.1", DNS_RESOLVERS=dns.address,
-               SMTP_MAX_CONNECTIONS_PER_IP="1000", LOG_LEVEL="WARNING")
+               SMTP_MAX_CONNECTIONS_PER_IP="1000", LOG_LEVEL="WARNING",
+               # production settings: DEBUG would record every SQL statement in memory
+               DEBUG="false")
     env.pop("CELERY_BROKER_URL", None)
     if args.database_url:
         env["DATABASE_URL"] = args.database_url
@@ -201,14 +203,18 @@ def _run_mailhost(work: Path, args, dns) -> dict:
     subprocess.run([py, "manage.py", "shell", "-c", setup], cwd=ROOT, env=env, check=True)
     port = free_port()
     # Several copies on one port (SO_REUSEPORT) is how the stateless service scales out on one box.
+    # `--processes N` forks N copies on one port (SO_REUSEPORT): how the stateless service uses
+    # every core; `--copies K` starts K such commands (the same, without the parent process).
     procs = [subprocess.Popen([py, "manage.py", "runsmtp", "--inbound", f"127.0.0.1:{port}", "--submission", "off",
-                               "--submissions", "off"], cwd=ROOT, env=env) for _ in range(args.copies)]
+                               "--submissions", "off", "--processes", str(args.processes)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE) for _ in range(args.copies)]
     pids = [p.pid for p in procs]
     try:
-        _wait_port(port)
-        time.sleep(1)
-        return measure(f"mailhost x{args.copies}" if args.copies > 1 else "mailhost", port,
-                       lambda: pids, work / "mhmail", args)
+        for proc in procs:
+            proc.stdout.readline()      # "runsmtp: inbound on ..." once every process listens
+        time.sleep(0.5)
+        copies = args.processes * args.copies
+        return measure(f"mailhost x{copies}" if copies > 1 else "mailhost", port, lambda: pids, work / "mhmail", args)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -325,13 +331,17 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--mailboxes", type=int, default=100)
     parser.add_argument("--database-url", default="", help="default: a fresh SQLite file")
-    parser.add_argument("--copies", type=int, default=1, help="runsmtp processes sharing the port")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="runsmtp --processes (default: the number of cores)")
+    parser.add_argument("--copies", type=int, default=1, help="separate runsmtp commands sharing the port")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-smtp-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)
         results = [run_mailhost(work, args), run_postfix(work, args)]
-    print(f"\n{args.messages} messages x 4 KiB, {args.connections} connections, {args.mailboxes} mailboxes")
+    print(f"\n{args.messages} messages x 4 KiB, {args.connections} connections, {args.mailboxes} mailboxes, "
+          f"database {'PostgreSQL' if args.database_url.startswith('postgres') else 'SQLite'}, "
+          f"runsmtp --processes {args.processes}" + (f" x {args.copies} commands" if args.copies > 1 else ""))
     print(f"{'server':10} {'accepted msg/s':>15} {'all in Maildir (s)':>19} {'peak RSS (MiB)':>15}"
           f" {'peak PSS (MiB)':>15}")
     for r in results:

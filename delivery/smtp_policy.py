@@ -12,10 +12,13 @@ from email.headerregistry import Address as HeaderAddress
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 
+from django.conf import settings
+
 from mailboxes.directory import Resolution, Verdict, hosted_domain_for, resolve
 from mailhost.addresses import AddressError, parse_address
 
 from . import replies
+from .short_cache import ShortCache
 
 _VERDICT_REPLIES = {
     Verdict.UNKNOWN_USER: replies.UNKNOWN_USER,
@@ -74,6 +77,33 @@ def rcpt_decision(address: str, *, authenticated: bool) -> RcptDecision:
     if any(mailbox.is_over_quota() for mailbox in resolution.mailboxes):
         return RcptDecision(replies.MAILBOX_FULL, resolution, hosted_domain_id=domain_id)
     return RcptDecision(replies.RECIPIENT_OK, resolution, hosted_domain_id=domain_id)
+
+
+_rcpt_cache: ShortCache | None = None
+
+
+def rcpt_cache() -> ShortCache:
+    global _rcpt_cache
+    if _rcpt_cache is None:
+        _rcpt_cache = ShortCache(settings.SMTP_DIRECTORY_CACHE)
+    return _rcpt_cache
+
+
+def cached_rcpt_decision(address: str, *, authenticated: bool) -> RcptDecision | None:
+    """A verdict rcpt_decision gave less than SMTP_DIRECTORY_CACHE seconds ago, or None.
+
+    Quota is checked again on every hit against the cached mailbox objects, which
+    storage.deliver_local keeps counting, so a mailbox filling up is refused at once."""
+    decision = rcpt_cache().get((address, authenticated))
+    if decision is not None and decision.accepted and decision.resolution is not None and any(
+            mailbox.is_over_quota() for mailbox in decision.resolution.mailboxes):
+        return RcptDecision(replies.MAILBOX_FULL, decision.resolution, hosted_domain_id=decision.hosted_domain_id)
+    return decision
+
+
+def remember_rcpt_decision(address: str, decision: RcptDecision, *, authenticated: bool) -> None:
+    if decision.reply != replies.MAILBOX_FULL:
+        rcpt_cache().put((address, authenticated), decision)
 
 
 def _domain_id(name: str, resolution: Resolution) -> int | None:

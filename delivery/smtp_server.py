@@ -21,7 +21,7 @@ from aiosmtpd.smtp import SMTP, Envelope
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from . import replies, sender_checks, smtp_auth, smtp_policy, smtp_transaction, tls
+from . import db_writes, replies, sender_checks, smtp_auth, smtp_policy, smtp_transaction, tls
 
 log = logging.getLogger("mailhost.smtp")
 
@@ -109,8 +109,11 @@ class MailHandler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if smtp_policy.too_many_recipients(len(envelope.rcpt_tos), settings.SMTP_MAX_RECIPIENTS):
             return replies.TOO_MANY_RECIPIENTS
-        decision = await thread(smtp_policy.rcpt_decision, address, authenticated=self.listener.submission
-                                and session.authenticated)
+        authenticated = self.listener.submission and session.authenticated
+        decision = smtp_policy.cached_rcpt_decision(address, authenticated=authenticated)
+        if decision is None:
+            decision = await thread(smtp_policy.rcpt_decision, address, authenticated=authenticated)
+            smtp_policy.remember_rcpt_decision(address, decision, authenticated=authenticated)
         if decision.accepted:
             envelope.rcpt_tos.append(address)
             envelope.tx.add_recipient(address, decision)
@@ -242,6 +245,7 @@ async def serve(listeners: list[Listener], *, ready=None) -> None:
     keep_database_connections()
     executor = ThreadPoolExecutor(max_workers=settings.SMTP_WORKER_THREADS, thread_name_prefix="smtp-work")
     loop.set_default_executor(executor)
+    db_writes.start()
     sender_checks.use_configured_resolvers()
     context = tls.server_context()
     limiter = ConnectionLimiter(settings.SMTP_MAX_CONNECTIONS_PER_IP, settings.SMTP_MAX_CONNECTIONS)
@@ -275,6 +279,7 @@ async def serve(listeners: list[Listener], *, ready=None) -> None:
         await asyncio.sleep(0.05)
     await asyncio.sleep(0)
     executor.shutdown(wait=True)
+    db_writes.stop()
     log.info("stopped")
 
 

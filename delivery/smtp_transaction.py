@@ -18,8 +18,9 @@ from django.conf import settings
 from domains.models import Domain
 from mailhost.addresses import AddressError, parse_address
 
-from . import replies, sender_checks, smtp_policy
+from . import db_writes, replies, sender_checks, smtp_policy
 from .models import MessageLog, QueuedMessage, new_queue_id
+from .short_cache import ShortCache
 from .storage import OverQuota, store_message
 
 log = logging.getLogger("mailhost.smtp")
@@ -143,23 +144,35 @@ def record(tx: Transaction) -> None:
     if sender_domain:
         domain_ids.add(sender_domain)
     direction = MessageLog.Direction.SUBMISSION if tx.submission else MessageLog.Direction.INBOUND
-    MessageLog.objects.bulk_create(
+    rows = [
         MessageLog(domain_id=domain_id, direction=direction, result=tx.result, queue_id=tx.queue_id,
                    client_ip=tx.client_ip or None, helo=tx.helo[:255], tls=tx.tls[:64],
                    auth_user=tx.auth_user[:254], mail_from=tx.mail_from[:254],
                    recipients=", ".join(tx.recipients), subject=tx.subject, size=tx.size, reply=tx.reply)
         for domain_id in sorted(domain_ids)
-    )
+    ]
+    if rows:
+        db_writes.run(MessageLog.objects.bulk_create, rows)
+
+
+_domain_ids: ShortCache | None = None
 
 
 def _hosted_domain_id(address: str) -> int | None:
+    global _domain_ids
     if not address:
         return None
     try:
         name = parse_address(address).domain
     except AddressError:
         return None
-    return Domain.objects.filter(name=name).values_list("pk", flat=True).first()
+    if _domain_ids is None:
+        _domain_ids = ShortCache(settings.SMTP_DIRECTORY_CACHE)
+    found = _domain_ids.get(name, default=False)
+    if found is False:
+        found = Domain.objects.filter(name=name).values_list("pk", flat=True).first()
+        _domain_ids.put(name, found)
+    return found
 
 
 def record_refused_rcpt(tx: Transaction, address: str, decision: smtp_policy.RcptDecision) -> None:

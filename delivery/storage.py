@@ -12,7 +12,7 @@ from django.db.models import F
 
 from mailboxes.models import Mailbox
 
-from . import autoreply, maildir, signing
+from . import autoreply, db_writes, maildir, signing
 from .models import QueuedMessage
 from .queue import enqueue
 
@@ -43,7 +43,8 @@ def deliver_local(mailbox: Mailbox, data: bytes) -> str:
     if mailbox.is_over_quota(len(data)):
         raise OverQuota(mailbox)
     path = maildir.deliver(mailbox.maildir, data)
-    Mailbox.objects.filter(pk=mailbox.pk).update(used_bytes=F("used_bytes") + len(data))
+    db_writes.run(Mailbox.objects.filter(pk=mailbox.pk).update, used_bytes=F("used_bytes") + len(data))
+    mailbox.used_bytes += len(data)    # the SMTP service may reuse this object for a few seconds
     return str(path)
 
 

@@ -108,6 +108,7 @@ SMTP_DATA_TIMEOUT = env.float("SMTP_DATA_TIMEOUT", default=180.0)  # silence all
 SMTP_WORKER_THREADS = env.int("SMTP_WORKER_THREADS", default=16)
 SMTP_SHUTDOWN_GRACE = env.float("SMTP_SHUTDOWN_GRACE", default=5.0)
 SMTP_DNS_CACHE = env.bool("SMTP_DNS_CACHE", default=True)  # TTL-respecting cache for SPF/DKIM/DMARC lookups
+SMTP_DIRECTORY_CACHE = env.float("SMTP_DIRECTORY_CACHE", default=5.0)  # seconds runsmtp may reuse a RCPT verdict
 # Short-lived shared state (SMTP AUTH throttling and verification cache): redis://… when several
 # SMTP service copies run; per-process memory by default.
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}

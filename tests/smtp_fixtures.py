@@ -69,7 +69,9 @@ def _dns_env(dns_server) -> dict[str, str]:
     # Every lookup of the service goes to the loopback nsd: nothing leaves the machine, and
     # names it does not serve fail at once (REFUSED) instead of timing out.
     # Tests change zones mid-test, so the service must not cache answers.
-    return {"DNS_RESOLVERS": dns_server.address, "SMTP_DNS_CACHE": "false"}
+    # Likewise mailboxes: tests suspend and delete them mid-test (test_smtp_performance covers
+    # the cache).
+    return {"DNS_RESOLVERS": dns_server.address, "SMTP_DNS_CACHE": "false", "SMTP_DIRECTORY_CACHE": "0"}
 
 
 @pytest.fixture
@@ -78,7 +80,7 @@ def smtp_service_factory(transactional_db, dns_server, tmp_path):
     started: list[SmtpService] = []
 
     def start(**env: str) -> SmtpService:
-        service = start_smtp_service(tmp_path / f"runsmtp-{len(started)}.log", **_dns_env(dns_server), **env)
+        service = start_smtp_service(tmp_path / f"runsmtp-{len(started)}.log", **{**_dns_env(dns_server), **env})
         started.append(service)
         return service
 
@@ -156,7 +158,7 @@ def _module_smtp_service(django_db_setup, tmp_path_factory):
     dns.restart()
     mail_root = workdir / "mail"
     service = start_smtp_service(workdir / "runsmtp.log", DNS_RESOLVERS=dns.address, SMTP_DNS_CACHE="false",
-                                 MAIL_ROOT=str(mail_root),
+                                 SMTP_DIRECTORY_CACHE="0", MAIL_ROOT=str(mail_root),
                                  MAIL_HOSTNAME="mail.mailhost.test")
     service.mail_root = mail_root
     service.dns = dns          # tests may publish zones: dns.zone("sender.test", ...)

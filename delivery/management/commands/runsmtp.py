@@ -5,8 +5,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import select
+import signal
+import sys
+import traceback
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 
 from delivery.smtp_server import Listener, serve
 
@@ -40,6 +46,9 @@ class Command(BaseCommand):
         for name, default in DEFAULTS.items():
             parser.add_argument(f"--{name}", default=default, metavar="HOST:PORT",
                                 help=f"listen address, or 'off' (default {default})")
+        parser.add_argument("--processes", type=int, default=1, metavar="N",
+                            help="copies of the service sharing the listening ports (SO_REUSEPORT); "
+                                 "one per core uses every core (default 1)")
 
     def handle(self, *args, **options):
         listeners = [listener for name in DEFAULTS if (listener := parse_listen(name, options[name]))]
@@ -47,13 +56,118 @@ class Command(BaseCommand):
             raise CommandError("every listener is off; nothing to run")
         # aiosmtpd logs every connection at INFO; our own transaction line says what matters.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
+        if options["processes"] < 1:
+            raise CommandError("--processes must be at least 1")
+        if options["processes"] > 1:
+            return self._prefork(listeners, options["processes"])
         try:
             asyncio.run(serve(listeners, ready=lambda: self._announce(listeners)))
         except OSError as exc:
             raise CommandError(f"cannot listen: {exc}") from exc
+
+    def _prefork(self, listeners: list[Listener], count: int) -> None:
+        """Fork `count` copies of the service; each listens on the same ports with SO_REUSEPORT and
+        the kernel spreads connections over them. The service keeps no state that needs one
+        process (DESIGN.md), so this is how it uses more than one core despite Python's GIL.
+        SIGTERM or SIGINT to this parent stops every copy gracefully; if one copy dies, the
+        others are stopped too and the command fails, so a supervisor sees it and restarts."""
+        connections.close_all()     # a connection must never be shared across fork
+        ready_r, ready_w = os.pipe()
+        children: set[int] = set()
+        parent = os.getpid()
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:
+                os.close(ready_r)
+                _die_with(parent)
+                os._exit(_child(listeners, ready_w))
+            children.add(pid)
+        os.close(ready_w)
+        stopping = False
+
+        def stop(signum, _frame):
+            nonlocal stopping
+            stopping = True
+            for child in children:
+                _kill(child, signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        failed = self._wait_ready(ready_r, children, count)
+        if failed:
+            stop(signal.SIGTERM, None)
+        else:
+            self._announce(listeners)
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            children.discard(pid)
+            if os.waitstatus_to_exitcode(status) != 0 or not stopping:
+                failed = failed or f"runsmtp process {pid} exited with status {os.waitstatus_to_exitcode(status)}"
+                if not stopping:
+                    stop(signal.SIGTERM, None)
+        if failed:
+            raise CommandError(failed)
+
+    @staticmethod
+    def _wait_ready(ready_r: int, children: set[int], count: int) -> str:
+        """'' once every copy listens; else why not (a copy exited before it was ready)."""
+        ready = 0
+        while ready < count:
+            readable, _, _ = select.select([ready_r], [], [], 0.2)
+            got = os.read(ready_r, count) if readable else b""
+            ready += len(got)
+            if got:
+                continue
+            for child in list(children):    # nothing to read, or EOF: every copy has exited
+                pid, status = os.waitpid(child, os.WNOHANG)
+                if pid:
+                    children.discard(pid)
+                    return f"runsmtp process {pid} failed to start (status {os.waitstatus_to_exitcode(status)})"
+        os.close(ready_r)
+        return ""
 
     def _announce(self, listeners: list[Listener]) -> None:
         for listener in listeners:
             host = f"[{listener.host}]" if ":" in listener.host else listener.host
             self.stdout.write(f"runsmtp: {listener.name} on {host}:{listener.port}")
         self.stdout.flush()
+
+
+def _child(listeners: list[Listener], ready_w: int) -> int:
+    """One forked copy of the service; returns its exit status."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        asyncio.run(serve(listeners, ready=lambda: os.write(ready_w, b"r")))
+    except OSError as exc:
+        sys.stderr.write(f"runsmtp: cannot listen: {exc}\n")
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return 0
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _die_with(parent: int) -> None:
+    """A copy gets SIGTERM when the parent dies, even by SIGKILL, instead of serving on unseen."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:      # the parent died before prctl took effect
+        os._exit(1)

@@ -1,0 +1,181 @@
+"""What the SMTP service does to go faster must not change what it accepts: the short RCPT
+cache lets suspensions and deletions through within its lifetime, batched writes stay
+committed before 250, and `runsmtp --processes N` serves on every copy and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import IntegrityError
+
+from delivery import db_writes
+from delivery.models import MessageLog
+from mailboxes.models import Mailbox
+from tests.support import ROOT, free_port, subprocess_env
+
+MESSAGE = b"From: someone@elsewhere.test\r\nSubject: hello\r\n\r\nbody\r\n"
+
+
+def rcpt_reply(port: int, address: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+        client.ehlo("client.test")
+        client.mail("someone@elsewhere.test")
+        return client.rcpt(address)
+
+
+def wait_for_reply(port: int, address: str, code: int, within: float) -> tuple[int, bytes]:
+    deadline = time.monotonic() + within
+    while True:
+        reply = rcpt_reply(port, address)
+        if reply[0] == code or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.2)
+
+
+def test_a_mailbox_suspended_while_its_verdict_is_cached_is_refused_once_the_cache_expires(
+        smtp_service_factory, bob):
+    service = smtp_service_factory(SMTP_DIRECTORY_CACHE="1")
+    assert rcpt_reply(service.inbound, "bob@example.org")[0] == 250
+    Mailbox.objects.filter(pk=bob.pk).update(active=False)
+    code, text = wait_for_reply(service.inbound, "bob@example.org", 550, within=10)
+    assert (code, text[:5]) == (550, b"5.2.1")
+
+
+def test_a_deleted_mailbox_is_unknown_once_the_cache_expires(smtp_service_factory, bob):
+    service = smtp_service_factory(SMTP_DIRECTORY_CACHE="1")
+    assert rcpt_reply(service.inbound, "bob@example.org")[0] == 250
+    bob.delete()
+    code, text = wait_for_reply(service.inbound, "bob@example.org", 550, within=10)
+    assert (code, text[:5]) == (550, b"5.1.1")
+
+
+def test_a_cached_verdict_still_refuses_a_mailbox_that_fills_up(smtp_service_factory, bob):
+    """The service counts what it stored into the cached mailbox, so the quota check of the next
+    message sees it (the database counter is updated too)."""
+    service = smtp_service_factory(SMTP_DIRECTORY_CACHE="60")
+    Mailbox.objects.filter(pk=bob.pk).update(quota=5000, used_bytes=0)
+    message = MESSAGE + b"x" * 76 + b"\r\n" * 1 + (b"y" * 76 + b"\r\n") * 36     # about 3 KB
+    with smtplib.SMTP("127.0.0.1", service.inbound, timeout=20) as client:
+        assert client.sendmail("someone@elsewhere.test", ["bob@example.org"], message) == {}
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("someone@elsewhere.test", ["bob@example.org"], message)
+    assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (452, b"4.2.2")
+    assert len(list((bob.maildir / "new").iterdir())) == 1
+
+
+def test_batched_writes_are_committed_when_run_returns_and_a_failing_one_fails_alone(transactional_db, bob):
+    db_writes.start()
+    try:
+        def log_row(n: int):
+            return db_writes.run(MessageLog.objects.create, domain=bob.domain, direction="inbound",
+                                 result="accepted", queue_id=f"Q{n}")
+
+        with ThreadPoolExecutor(8) as pool:
+            rows = list(pool.map(log_row, range(40)))
+            with pytest.raises(IntegrityError):      # no such domain: the foreign key refuses it
+                pool.submit(db_writes.run, MessageLog.objects.create, domain_id=999999, direction="inbound",
+                            result="accepted", queue_id="BAD").result()
+    finally:
+        db_writes.stop()
+    assert len(rows) == 40
+    assert sorted(MessageLog.objects.values_list("queue_id", flat=True)) == sorted(f"Q{n}" for n in range(40))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_runsmtp_with_two_processes_serves_on_one_port_and_stops_on_sigterm(transactional_db, tmp_path, bob):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "manage.py", "runsmtp", "--processes", "2", "--inbound",
+                             f"127.0.0.1:{port}", "--submission", "off", "--submissions", "off"], cwd=ROOT,
+                            env=subprocess_env(DNS_RESOLVERS="127.0.0.1:9"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        announced = f"runsmtp: inbound on 127.0.0.1:{port}"
+        lines = iter(proc.stdout.readline, b"")
+        assert any(line.decode().strip() == announced for line in lines)
+        children = _children(proc.pid)
+        assert len(children) == 2
+        for _ in range(6):
+            with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+                assert client.sendmail("someone@elsewhere.test", ["bob@example.org"], MESSAGE) == {}
+        assert len(list((bob.maildir / "new").iterdir())) == 6
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output
+    assert not any(os.path.exists(f"/proc/{child}") for child in children)
+
+
+def test_runsmtp_fails_when_its_processes_cannot_listen(transactional_db):
+    with socket_in_use() as port:
+        result = subprocess.run([sys.executable, "manage.py", "runsmtp", "--processes", "2", "--inbound",
+                                 f"127.0.0.1:{port}", "--submission", "off", "--submissions", "off"], cwd=ROOT,
+                                env=subprocess_env(DNS_RESOLVERS="127.0.0.1:9"), capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode != 0
+    assert "cannot listen" in result.stderr
+
+
+class socket_in_use:
+    """A port held by a listener without SO_REUSEPORT, so nobody else may bind it."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
+def test_the_copies_of_runsmtp_stop_when_their_parent_is_killed(transactional_db):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "manage.py", "runsmtp", "--processes", "2", "--inbound",
+                             f"127.0.0.1:{port}", "--submission", "off", "--submissions", "off"], cwd=ROOT,
+                            env=subprocess_env(DNS_RESOLVERS="127.0.0.1:9"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    announced = f"runsmtp: inbound on 127.0.0.1:{port}"
+    assert any(line.decode().strip() == announced for line in iter(proc.stdout.readline, b""))
+    children = _children(proc.pid)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while any(os.path.exists(f"/proc/{child}") for child in children) and time.monotonic() < deadline:
+        for child in children:
+            try:
+                os.waitpid(child, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        time.sleep(0.1)
+    assert not any(_alive(child) for child in children)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
