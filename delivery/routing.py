@@ -16,6 +16,8 @@ import dns.name
 import dns.resolver
 from django.conf import settings
 
+from mailhost.resolvers import configured_resolver
+
 
 class RoutingError(Exception):
     permanent = False
@@ -50,21 +52,12 @@ _caches: dict[tuple, dns.resolver.LRUCache] = {}
 
 
 def resolver(cached: bool = False) -> dns.resolver.Resolver:
-    """A resolver on settings.DNS_RESOLVERS, or the system's when that is empty.
-
-    `cached` shares the process's answer cache (MX and address lookups of the delivery path).
-    """
-    if not settings.DNS_RESOLVERS:
-        res = dns.resolver.Resolver()
-    else:
-        res = dns.resolver.Resolver(configure=False)
-        res.nameservers = [ip for ip, _ in settings.DNS_RESOLVERS]
-        res.port = settings.DNS_RESOLVERS[0][1]
-    res.lifetime = 10
-    res.timeout = 4
+    """A resolver on settings.DNS_RESOLVERS; `cached` shares the process's answer cache (MX and
+    address lookups of the delivery path)."""
+    cache = None
     if cached and getattr(settings, "SMTP_DNS_CACHE", True):
-        res.cache = _caches.setdefault((tuple(res.nameservers), res.port), dns.resolver.LRUCache(10000))
-    return res
+        cache = _caches.setdefault(tuple(settings.DNS_RESOLVERS), dns.resolver.LRUCache(10000))
+    return configured_resolver(lifetime=10, timeout=4, cache=cache)
 
 
 def _query(res: dns.resolver.Resolver, name: str, rdtype: str):

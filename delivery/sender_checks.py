@@ -23,6 +23,8 @@ import spf
 from django.conf import settings
 from publicsuffixlist import PublicSuffixList
 
+from mailhost.resolvers import install_default
+
 from . import smtp_policy
 
 log = logging.getLogger("mailhost.smtp.checks")
@@ -70,17 +72,7 @@ def use_configured_resolvers() -> None:
     """Point dnspython's default resolver (which pyspf and dkimpy use too) at DNS_RESOLVERS, with
     a TTL-respecting cache: dnspython has none by default, and a busy MX asks the same SPF and
     DMARC questions for every message from one sender."""
-    import dns.nameserver
-
-    if settings.DNS_RESOLVERS:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in settings.DNS_RESOLVERS]
-    else:
-        resolver = dns.resolver.Resolver()
-    resolver.lifetime = DNS_TIMEOUT
-    if settings.SMTP_DNS_CACHE:
-        resolver.cache = dns.resolver.LRUCache(50000)
-    dns.resolver.default_resolver = resolver
+    install_default(lifetime=DNS_TIMEOUT, cache=dns.resolver.LRUCache(50000) if settings.SMTP_DNS_CACHE else None)
 
 
 def check_sender(client_ip: str, helo: str, mail_from: str, data: bytes) -> SenderChecks:

@@ -11,8 +11,6 @@ class DomainsConfig(AppConfig):
         from django.conf import settings
 
         if settings.DNS_RESOLVERS:
-            import dns.resolver
+            from mailhost.resolvers import install_default
 
-            from .dns_checks import configured_resolver
-
-            dns.resolver.default_resolver = configured_resolver(lifetime=10.0)
+            install_default()

@@ -10,21 +10,11 @@ from __future__ import annotations
 
 import dns.exception
 import dns.resolver
-from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from mailhost.resolvers import configured_resolver
+
 from .models import DkimKey
-
-
-def resolver() -> dns.resolver.Resolver:
-    if not settings.DNS_RESOLVERS:
-        res = dns.resolver.Resolver()
-    else:
-        res = dns.resolver.Resolver(configure=False)
-        res.nameservers = [ip for ip, _ in settings.DNS_RESOLVERS]
-        res.port = settings.DNS_RESOLVERS[0][1]
-    res.lifetime = 5
-    return res
 
 
 def _tags(txt: str) -> dict[str, str]:
@@ -39,7 +29,7 @@ def _tags(txt: str) -> dict[str, str]:
 def published_value(key: DkimKey) -> str:
     """The TXT value DNS returns for the key's selector; ValidationError says what went wrong."""
     try:
-        answer = resolver().resolve(key.dns_name, "TXT")
+        answer = configured_resolver(lifetime=5).resolve(key.dns_name, "TXT")
     except dns.resolver.NXDOMAIN as exc:
         raise ValidationError(f"{key.dns_name} does not exist in DNS yet") from exc
     except dns.resolver.NoAnswer as exc:

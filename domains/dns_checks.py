@@ -35,6 +35,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from mailhost.resolvers import configured_resolver
+
 from .models import DnsCheck, Domain
 from .mta_sts import POLICY_PATH, policy_text
 from .records import Record, expected_records, public_ips
@@ -74,24 +76,11 @@ class LookupFailed(Exception):
 
 # --- DNS access ------------------------------------------------------------------------------
 
-def configured_resolver(lifetime: float) -> dns.resolver.Resolver:
-    """A resolver on DNS_RESOLVERS (or the system's), without cache: "check now" means now."""
-    if settings.DNS_RESOLVERS:
-        res = dns.resolver.Resolver(configure=False)
-        res.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in settings.DNS_RESOLVERS]
-    else:
-        res = dns.resolver.Resolver()
-    res.cache = None
-    res.lifetime = lifetime
-    res.timeout = min(2.0, lifetime)
-    return res
-
-
 class Lookup:
     """Answers for one check run: zone names from the authoritative servers, the rest recursively."""
 
     def __init__(self, zone_name: str, lifetime: float):
-        self.recursive = configured_resolver(lifetime)
+        self.recursive = configured_resolver(lifetime=lifetime)
         self.authoritative = self._find_authoritative(zone_name, lifetime)
         self.source = "authoritative servers" if self.authoritative else "configured resolvers"
 
@@ -520,7 +509,7 @@ def check_dnssec(ctx: Context) -> CheckResult:
     """Information only: signed zones let peers use DANE; nobody refuses mail for lacking it."""
     keys = ctx.lookup.records(ctx.name, "DNSKEY")
     # A validating resolver sets AD when asked with DO (RFC 4035 3.2.3, RFC 6840 5.7).
-    resolver = configured_resolver(ctx.timeout)
+    resolver = configured_resolver(lifetime=ctx.timeout)
     resolver.use_edns(0, dns.flags.DO, 1232)
     resolver.flags = dns.flags.RD | dns.flags.AD
     try:
