@@ -14,16 +14,8 @@ from django.core.exceptions import ValidationError
 
 from mailhost.resolvers import configured_resolver
 
+from .dns_checks import tags
 from .models import DkimKey
-
-
-def _tags(txt: str) -> dict[str, str]:
-    tags = {}
-    for part in txt.split(";"):
-        name, sep, value = part.partition("=")
-        if sep:
-            tags[name.strip()] = "".join(value.split())
-    return tags
 
 
 def published_value(key: DkimKey) -> str:
@@ -38,7 +30,7 @@ def published_value(key: DkimKey) -> str:
         raise ValidationError(f"DNS lookup of {key.dns_name} failed ({exc}); try again") from exc
     values = [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
     for value in values:
-        if _tags(value).get("p") == key.public_key:
+        if "".join(tags(value).get("p", "").split()) == key.public_key:
             return value
     raise ValidationError(f"{key.dns_name} is published but does not carry this key's public key "
                           f"(found {values[0][:80]!r}…)")

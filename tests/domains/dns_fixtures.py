@@ -71,7 +71,23 @@ def _certificate(tmp_path, names: list[str]):
     return ca_file, cert_file, key_file
 
 
-class PolicyServer:
+class _TlsServer:
+    """An HTTP server on 127.0.0.1 wrapped in TLS, serving from a thread until close()."""
+
+    def _serve(self, httpd, cert_file, key_file) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+        self.httpd, self.port = httpd, httpd.server_address[1]
+        self.thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class PolicyServer(_TlsServer):
     """HTTPS on 127.0.0.1 answering /.well-known/mta-sts.txt with `body` (the real policy by default)."""
 
     def __init__(self, tmp_path, names: list[str]):
@@ -92,17 +108,7 @@ class PolicyServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert_file, key_file)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(ThreadingHTTPServer(("127.0.0.1", 0), Handler), cert_file, key_file)
 
 
 @pytest.fixture
@@ -128,7 +134,7 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-class DjangoHttps:
+class DjangoHttps(_TlsServer):
     """The project's own WSGI app over HTTPS on 127.0.0.1, so the checker fetches the policy that
     /.well-known/mta-sts.txt really serves."""
 
@@ -136,14 +142,5 @@ class DjangoHttps:
         from django.core.wsgi import get_wsgi_application
 
         self.ca_file, cert_file, key_file = _certificate(tmp_path, names)
-        self.httpd = make_server("127.0.0.1", 0, get_wsgi_application(), handler_class=_QuietHandler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert_file, key_file)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(make_server("127.0.0.1", 0, get_wsgi_application(), handler_class=_QuietHandler),
+                    cert_file, key_file)
