@@ -1,0 +1,101 @@
+"""The SMTP service reads the common shapes of MAIL/RCPT paths and From: headers without the
+email package's parser. Those shortcuts must give exactly the parser's answer, or defer to it."""
+
+import pytest
+from aiosmtpd.smtp import SMTP
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from delivery import smtp_policy
+from delivery.smtp_server import MailSMTP
+
+
+class _Bare:
+    local_part_limit = 0
+
+
+def fast_getaddr(arg):
+    return MailSMTP._getaddr(_Bare(), arg)
+
+
+def parser_getaddr(arg):
+    return SMTP._getaddr(_Bare(), arg)
+
+
+PATHS = [
+    "<user@example.com>", "<user@example.com> SIZE=4096 BODY=8BITMIME", "<a.b+tag=x@sub.example.org>",
+    "<user@example.com>\tSIZE=1", "<user@example.com>   ", "<user@example.com> (comment) SIZE=1",
+    "<user@example.com.>", "<user..dots@example.com>", "<.lead@example.com>", "<\"quoted local\"@example.com>",
+    "<@relay.example:user@example.com>", "<user%other@example.com>", "<user@[127.0.0.1]>", "<>",
+    "user@example.com", " <user@example.com>", "<user@example.com", "<bang!path@example.com>",
+    "<user@-example.com>", "<user@exa_mple.com>", "<üser@example.com>", "<user@example.com>x",
+]
+
+
+@pytest.mark.parametrize("arg", PATHS)
+def test_a_mail_or_rcpt_path_parses_as_aiosmtpd_parses_it(arg):
+    assert fast_getaddr(arg) == parser_getaddr(arg)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab.@<>_+=- \t()\"!%:[]1", max_size=30))
+def test_any_path_text_parses_as_aiosmtpd_parses_it(arg):
+    try:
+        expected = parser_getaddr(arg)
+    except Exception as error:     # the parser's own crashes: the shortcut must defer to it
+        with pytest.raises(type(error)):
+            fast_getaddr(arg)
+        return
+    assert fast_getaddr(arg) == expected
+
+
+def test_a_local_part_over_the_limit_is_refused_on_the_shortcut_too():
+    class Limited:
+        local_part_limit = 3
+
+    assert MailSMTP._getaddr(Limited(), "<abcd@example.com>") == (None, None)
+    assert MailSMTP._getaddr(Limited(), "<abc@example.com>") == ("abc@example.com", "")
+
+
+HEADERS = [
+    b"From: Load <load@sender.test>\r\nTo: <x@y.test>\r\nSubject: hi\r\n\r\nbody",
+    b"From: load@sender.test\r\n\r\n",
+    b"from:   <load@sender.test>  \r\nsubject: x\r\n\r\n",
+    b"Subject: folded\r\n continues\r\nFrom: John Q Public <jqp@example.com>\r\n\r\n",
+    b"From: One <a@example.com>\r\nFrom: Two <b@example.com>\r\n\r\n",
+    b"From: a@example.com, b@example.com\r\n\r\n",
+    b"From: \"Quoted, Name\" <a@example.com>\r\n\r\n",
+    b"From: \"real@bank.example\" <evil@attacker.example>\r\n\r\n",
+    b"From: Name <a@example.com>\r\n\tfolded <b@example.com>\r\n\r\n",
+    b"From: Name <a@example.com>\r\nSender: s@example.com\r\n\r\n",
+    b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.com>\r\n\r\n",
+    b"From: J\xc3\xbcrgen <j@example.com>\r\n\r\n",
+    b"From: <a@example.com>\nTo: x\n\n",
+    b"From: <a@example.com>\r\nBad header line\r\n\r\n",
+    b"From : <a@example.com>\r\n\r\n",
+    b"From <a@example.com> Mon Jan 1\r\nFrom: <b@example.com>\r\n\r\n",
+    b" folded first\r\nFrom: <a@example.com>\r\n\r\n",
+    b"To: x@y.test\r\n\r\n",
+    b"From: <a@example.com>",
+    b"From: Name (comment) <a@example.com>\r\n\r\n",
+    b"From: Name <a@example.com> (comment)\r\n\r\n",
+    b"From: Group: a@example.com;\r\n\r\n",
+    b"From: <a@example.com>\r\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", HEADERS)
+def test_the_from_header_reads_as_the_email_package_reads_it(data):
+    block = smtp_policy.header_block(data)
+    assert smtp_policy.header_sender_addresses(data) == smtp_policy._parsed_sender_addresses(block)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([
+    b"From: ", b"from:", b"Sender: ", b"To: ", b"Subject: x", b"Name ", b"<", b">", b"a", b"@", b"b.c",
+    b".", b" ", b"\t", b",", b"\"", b"(", b")", b"\r\n", b"\n", b"\r", b":", b";", b"'", b"_", b"\xc3\xbc",
+]), max_size=24))
+def test_any_header_text_reads_as_the_email_package_reads_it(parts):
+    data = b"".join(parts) + b"\r\n\r\nbody"
+    block = smtp_policy.header_block(data)
+    assert smtp_policy.header_sender_addresses(data) == smtp_policy._parsed_sender_addresses(block)
