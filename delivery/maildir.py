@@ -40,10 +40,13 @@ def _fsync_dir(path: Path) -> None:
 
 def deliver(maildir: Path, data: bytes) -> Path:
     """Store `data` as a new message in `maildir` and return its final path."""
-    ensure_maildir(maildir)
     name = _unique_name(len(data))
     tmp = maildir / "tmp" / name
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileNotFoundError:   # a new mailbox: create its folders once, not three mkdirs a message
+        ensure_maildir(maildir)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -53,7 +56,11 @@ def deliver(maildir: Path, data: bytes) -> Path:
     finally:
         os.close(fd)
     final = maildir / "new" / name
-    os.rename(tmp, final)
+    try:
+        os.rename(tmp, final)
+    except FileNotFoundError:   # new/ went missing under a live tmp/
+        ensure_maildir(maildir)
+        os.rename(tmp, final)
     _fsync_dir(maildir / "new")
     return final
 
