@@ -1,12 +1,21 @@
-"""The SMTP service's small writes (quota counters, message-log rows): many per transaction.
+"""The SMTP service's bookkeeping writes (quota counters, message-log rows): many per second.
 
 Every accepted message costs two tiny writes. One transaction each meant, on SQLite, sixteen
 worker threads racing for its single writer lock and sleeping in its busy handler with growing
 back-off (1, 2, 5 ... 100 ms) although each write takes a fraction of a millisecond; and on
-PostgreSQL one WAL flush per write. In the service, `run` hands the write to one writer thread
-that commits everything waiting in one transaction (group commit) and only then lets each
-caller go on, so a write is as committed as before when `run` returns, and nothing is lost on
-shutdown. Outside the service (webmail, commands, tests) `run` simply calls the function.
+PostgreSQL one WAL flush per write. In the service they go to one writer thread that commits
+everything waiting in one transaction (group commit): the quota increments of a batch as one
+`executemany` UPDATE, its log rows as one INSERT per model.
+
+`add_used_bytes` and `insert` are written *behind* the SMTP reply: the message itself is durable
+(fsynced Maildir file or committed queue row) before the 250, but its bookkeeping is not
+waited for. Waiting cost more than everything else per message once two service processes
+shared an SQLite file (each commit waits out the other's lock in SQLite's sleeping busy
+handler), and what it protected is not mail: the writer commits within milliseconds, is drained
+on shutdown, a kill -9 can lose only the last batch of log rows and counter increments, and the
+periodic usage recount (mailboxes/usage.py) puts counters right from the Maildir. `run` is for
+writes whose result the caller needs: it waits. Outside the service (webmail, commands, tests)
+every write runs directly.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import defaultdict
 from concurrent.futures import Future
 from contextlib import nullcontext
 
@@ -25,16 +35,74 @@ _sqlite_writer = threading.Lock()
 _writer: Writer | None = None
 
 
+class _Call:
+    """Any write: fn(*args, **kwargs) in the batch's transaction."""
+
+    def __init__(self, fn, args, kwargs):
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def __call__(self):
+        return self.fn(*self.args, **self.kwargs)
+
+
+class _AddUsedBytes:
+    def __init__(self, mailbox_id: int, delta: int):
+        self.mailbox_id, self.delta = mailbox_id, delta
+
+    def __call__(self):
+        _add_used_bytes({self.mailbox_id: self.delta})
+
+
+class _Insert:
+    def __init__(self, objs: list):
+        self.objs = objs
+
+    def __call__(self):
+        if self.objs:
+            type(self.objs[0]).objects.bulk_create(self.objs)
+
+
+def _add_used_bytes(deltas: dict[int, int]) -> None:
+    from mailboxes.models import Mailbox
+
+    table = connection.ops.quote_name(Mailbox._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.executemany(f"UPDATE {table} SET used_bytes = used_bytes + %s WHERE id = %s",
+                           [(delta, pk) for pk, delta in sorted(deltas.items())])
+
+
 def run(fn, *args, **kwargs):
     """fn(*args, **kwargs) committed before this returns; its result, or its exception."""
+    return _submit(_Call(fn, args, kwargs), wait=True)
+
+
+def add_used_bytes(mailbox_id: int, delta: int) -> None:
+    """Count `delta` bytes into a mailbox's quota counter."""
+    _submit(_AddUsedBytes(mailbox_id, delta))
+
+
+def insert(objs: list) -> None:
+    """INSERT these unsaved model instances (all of one model)."""
+    if objs:
+        _submit(_Insert(list(objs)))
+
+
+def _submit(op, wait: bool = False):
     writer = _writer
     if writer is None:
         # Threads of one process still take turns in Python rather than in SQLite's busy handler.
         with _sqlite_writer if connection.vendor == "sqlite" else nullcontext():
-            return fn(*args, **kwargs)
+            return op()
     future: Future = Future()
-    writer.queue.put((fn, args, kwargs, future))
-    return future.result()
+    if not wait:
+        future.add_done_callback(_log_failure)
+    writer.queue.put((op, future))
+    return future.result() if wait else None
+
+
+def _log_failure(future: Future) -> None:
+    if future.exception() is not None:
+        log.error("bookkeeping write failed", exc_info=future.exception())
 
 
 class Writer(threading.Thread):
@@ -62,23 +130,36 @@ class Writer(threading.Thread):
     @staticmethod
     def _commit(items: list) -> None:
         close_old_connections()
+        deltas: dict[int, int] = defaultdict(int)
+        inserts: dict[type, list] = defaultdict(list)
+        results = {}
         try:
             with transaction.atomic():
-                results = [fn(*args, **kwargs) for fn, args, kwargs, _ in items]
+                for op, future in items:
+                    if isinstance(op, _AddUsedBytes):
+                        deltas[op.mailbox_id] += op.delta
+                    elif isinstance(op, _Insert):
+                        inserts[type(op.objs[0])].extend(op.objs)
+                    else:
+                        results[id(future)] = op()
+                if deltas:
+                    _add_used_bytes(deltas)
+                for model, objs in inserts.items():
+                    model.objects.bulk_create(objs)
         except Exception:
             # One failing write must not fail its neighbours: retry each in its own transaction.
             log.warning("batched write failed; retrying %d writes one by one", len(items), exc_info=True)
-            for fn, args, kwargs, future in items:
+            for op, future in items:
                 try:
                     with transaction.atomic():
-                        result = fn(*args, **kwargs)
+                        result = op()
                 except Exception as exc:
                     future.set_exception(exc)
                 else:
                     future.set_result(result)
             return
-        for (_, _, _, future), result in zip(items, results, strict=True):
-            future.set_result(result)
+        for _, future in items:
+            future.set_result(results.get(id(future)))
 
 
 def start() -> None:

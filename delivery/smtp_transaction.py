@@ -151,8 +151,7 @@ def record(tx: Transaction) -> None:
                    recipients=", ".join(tx.recipients), subject=tx.subject, size=tx.size, reply=tx.reply)
         for domain_id in sorted(domain_ids)
     ]
-    if rows:
-        db_writes.run(MessageLog.objects.bulk_create, rows)
+    db_writes.insert(rows)
 
 
 _domain_ids: ShortCache | None = None

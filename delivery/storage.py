@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from django.db.models import F
-
 from mailboxes.models import Mailbox
 
 from . import autoreply, db_writes, maildir, signing
@@ -43,7 +41,7 @@ def deliver_local(mailbox: Mailbox, data: bytes) -> str:
     if mailbox.is_over_quota(len(data)):
         raise OverQuota(mailbox)
     path = maildir.deliver(mailbox.maildir, data)
-    db_writes.run(Mailbox.objects.filter(pk=mailbox.pk).update, used_bytes=F("used_bytes") + len(data))
+    db_writes.add_used_bytes(mailbox.pk, len(data))
     mailbox.used_bytes += len(data)    # the SMTP service may reuse this object for a few seconds
     return str(path)
 

@@ -15,6 +15,18 @@ ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
 
 
+def eventually(probe, timeout: float = 10.0, interval: float = 0.02):
+    """The first truthy value of `probe()` within `timeout` seconds. For what a service writes just
+    behind its reply (the SMTP service's message-log rows and quota counters)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value or time.monotonic() > deadline:
+            assert value, f"still {value!r} after {timeout} s"
+            return value
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

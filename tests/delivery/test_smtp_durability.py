@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import smtplib
 
-from delivery.models import QueuedRecipient
+from delivery.models import MessageLog, QueuedRecipient
+from mailboxes.models import Mailbox
 from mailboxes.provisioning import create_alias
 from tests.smtp_fixtures import RawSession
 
@@ -44,3 +45,15 @@ def test_sigterm_stops_the_service_cleanly(smtp_service, bob):
     assert smtp_service.stop(timeout=15) == 0
     assert idle.closed_by_server()
     assert "stopped" in smtp_service.log()
+
+
+def test_the_log_rows_and_quota_counts_written_behind_the_reply_are_flushed_by_sigterm(smtp_service, bob):
+    data = b"From: someone@elsewhere.test\r\nSubject: counted\r\n\r\ncount me\r\n"
+    with smtplib.SMTP("127.0.0.1", smtp_service.inbound, timeout=20) as client:
+        for _ in range(20):
+            client.sendmail("someone@elsewhere.test", ["bob@example.org"], data)
+    assert smtp_service.stop(timeout=15) == 0
+    stored = list((bob.maildir / "new").iterdir())
+    assert len(stored) == 20
+    assert MessageLog.objects.filter(domain=bob.domain, result="accepted").count() == 20
+    assert Mailbox.objects.get(pk=bob.pk).used_bytes == sum(path.stat().st_size for path in stored)

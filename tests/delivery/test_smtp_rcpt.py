@@ -12,6 +12,7 @@ from delivery.smtp_policy import rcpt_decision
 from domains.models import DomainAlias
 from mailboxes.provisioning import create_alias, create_mailbox
 from tests.smtp_fixtures import RawSession
+from tests.support import eventually
 
 MESSAGE = b"From: someone@elsewhere.test\r\nSubject: hello\r\n\r\nbody\r\n"
 
@@ -31,7 +32,7 @@ def test_it_delivers_to_a_mailbox_before_answering_250(shared_smtp_service, bob)
     [stored] = maildir_messages(bob)
     assert stored.endswith(MESSAGE)
     assert stored.startswith(b"Received: from ")
-    [row] = MessageLog.objects.filter(domain=bob.domain)
+    [row] = eventually(lambda: list(MessageLog.objects.filter(domain=bob.domain)))
     assert (row.direction, row.result, row.recipients) == ("inbound", "accepted", "bob@example.org")
     assert f'"queue_id": "{row.queue_id}", "listener": "inbound"' in shared_smtp_service.log()
 
@@ -57,7 +58,7 @@ def test_it_refuses_an_unknown_user_with_5_1_1_and_logs_it_for_the_domain(shared
         send(shared_smtp_service, ["nobody@example.org"])
     code, text = refused.value.recipients["nobody@example.org"]
     assert f"{code} {text.decode()}" == replies.UNKNOWN_USER
-    row = MessageLog.objects.get(domain=bob.domain)
+    [row] = eventually(lambda: list(MessageLog.objects.filter(domain=bob.domain)))
     assert row.result == "refused" and row.recipients == "nobody@example.org"
 
 
@@ -150,4 +151,4 @@ def test_invalid_utf8_in_the_envelope_is_refused_and_the_session_goes_on(shared_
     session.send(b"Subject: ok\r\n\r\nfine\r\n.\r\n")
     assert session.reply().startswith("250 2.0.0 OK")
     session.close()
-    assert MessageLog.objects.filter(helo="bad-\ufffd-helo.test").count() == 2
+    assert eventually(lambda: MessageLog.objects.filter(helo="bad-\ufffd-helo.test").count() == 2)

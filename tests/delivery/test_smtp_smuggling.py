@@ -8,6 +8,7 @@ import pytest
 from delivery import replies
 from delivery.models import MessageLog
 from tests.smtp_fixtures import RawSession
+from tests.support import eventually
 
 FAKE_ENDS = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\r.\r", b"\n.\r", b"\r.\n",
              b"\r\n\x00.\r\n", b"\n\n.\n\n"]
@@ -54,4 +55,4 @@ def test_a_bare_cr_or_lf_is_refused_and_the_connection_stays_usable(shared_smtp_
     session.close()
     [stored] = (bob.maildir / "new").iterdir()
     assert b"Subject: clean" in stored.read_bytes()
-    assert MessageLog.objects.filter(domain=bob.domain, result="refused").count() == 1
+    assert eventually(lambda: MessageLog.objects.filter(domain=bob.domain, result="refused").count() == 1)

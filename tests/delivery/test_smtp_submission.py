@@ -13,7 +13,7 @@ from delivery.smtp_policy import header_sender_addresses, submission_headers_rep
 from mailboxes.models import RelayCredential
 from mailboxes.provisioning import create_alias
 from tests.smtp_fixtures import client_tls
-from tests.support import PASSWORD
+from tests.support import PASSWORD, eventually
 
 
 def message(from_header="Bob <bob@example.org>", extra=""):
@@ -38,7 +38,7 @@ def test_an_authenticated_mailbox_relays_to_a_remote_recipient_through_the_queue
     assert queued.source == QueuedMessage.Source.SUBMISSION and queued.auth_user == "bob@example.org"
     assert [r.address for r in queued.recipients.all()] == ["friend@remote.test"]
     assert bytes(queued.data).endswith(message())
-    log = MessageLog.objects.get(domain=bob.domain)
+    [log] = eventually(lambda: list(MessageLog.objects.filter(domain=bob.domain)))
     assert (log.direction, log.result, log.auth_user) == ("submission", "accepted", "bob@example.org")
 
 
@@ -54,7 +54,7 @@ def test_a_spoofed_from_header_is_refused_even_with_a_good_envelope(shared_smtp_
             submit(shared_smtp_service, "bob@example.org", ["friend@remote.test"], message(from_header))
         assert refusal(refused.value) in (replies.FROM_NOT_ALLOWED, replies.FROM_MISSING), from_header
     assert QueuedMessage.objects.count() == 0
-    assert MessageLog.objects.filter(result="refused").count() == 3
+    assert eventually(lambda: MessageLog.objects.filter(result="refused").count() == 3)
 
 
 def test_a_spoofed_sender_header_is_refused(shared_smtp_service, bob):
