@@ -5,7 +5,8 @@ Load: N messages of 4 KiB over C concurrent connections to M mailboxes (defaults
 Postfix in its queue before the 250 and then in the Maildir via the `virtual` agent. Printed
 per server: accepted msg/s, time until every message is in a Maildir, peak RSS (sum over the
 server's process tree, sampled every 100 ms; PSS too, which does not count shared pages once per
-process), and the ratio mailhost/Postfix.
+process), the CPU time the tree spent per message (steadier than msg/s on a shared machine), and
+the ratios mailhost/Postfix.
 
 Everything runs on loopback high ports in a temporary directory, with a loopback nsd answering
 mailhost's SPF/DMARC lookups for the sender domain (Postfix does no such checks here).
@@ -126,20 +127,46 @@ def _memory_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of a process (a process that exits mid-run counts as last sampled)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
 class RssSampler(threading.Thread):
+    """Peak memory of the server's process tree, and the CPU time it spends during the run."""
+
     def __init__(self, root_pid_fn):
         super().__init__(daemon=True)
         self.root_pid_fn, self.peak, self.peak_pss, self.running = root_pid_fn, 0, 0, True
+        self.cpu_start = self._cpu_now()
+        self.cpu_seen: dict[int, int] = {}
+
+    def _pids(self) -> list[int]:
+        roots = self.root_pid_fn()
+        roots = roots if isinstance(roots, list) else [roots] if roots else []
+        return [p for root in roots for p in _tree(root)]
+
+    def _cpu_now(self) -> dict[int, int]:
+        return {pid: _cpu_ticks(pid) for pid in self._pids()}
 
     def run(self):
         while self.running:
-            roots = self.root_pid_fn()
-            roots = roots if isinstance(roots, list) else [roots] if roots else []
-            if roots:
-                sizes = [_memory_kib(p) for root in roots for p in _tree(root)]
+            pids = self._pids()
+            if pids:
+                sizes = [_memory_kib(p) for p in pids]
                 self.peak = max(self.peak, sum(rss for rss, _ in sizes))
                 self.peak_pss = max(self.peak_pss, sum(pss for _, pss in sizes))
+                self.cpu_seen.update(self._cpu_now())
             time.sleep(0.1)
+
+    def cpu_seconds(self) -> float:
+        seen = {**self.cpu_seen, **self._cpu_now()}
+        ticks = sum(seen.values()) - sum(self.cpu_start.get(pid, 0) for pid in seen)
+        return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def count_maildir(base: Path) -> int:
@@ -160,7 +187,8 @@ def measure(name: str, port: int, root_pid_fn, maildir_base: Path, args) -> dict
     sampler.running = False
     sampler.join()
     return {"name": name, "msg_s": args.messages / accept_time, "maildir_s": maildir_time,
-            "rss_mib": sampler.peak / 1024, "pss_mib": sampler.peak_pss / 1024}
+            "rss_mib": sampler.peak / 1024, "pss_mib": sampler.peak_pss / 1024,
+            "cpu_ms": 1000 * sampler.cpu_seconds() / args.messages}
 
 
 # -- mailhost ------------------------------------------------------------------------------------
@@ -343,13 +371,15 @@ def main() -> None:
           f"database {'PostgreSQL' if args.database_url.startswith('postgres') else 'SQLite'}, "
           f"runsmtp --processes {args.processes}" + (f" x {args.copies} commands" if args.copies > 1 else ""))
     print(f"{'server':10} {'accepted msg/s':>15} {'all in Maildir (s)':>19} {'peak RSS (MiB)':>15}"
-          f" {'peak PSS (MiB)':>15}")
+          f" {'peak PSS (MiB)':>15} {'CPU ms/msg':>11}")
     for r in results:
-        print(f"{r['name']:10} {r['msg_s']:15.1f} {r['maildir_s']:19.2f} {r['rss_mib']:15.1f} {r['pss_mib']:15.1f}")
+        print(f"{r['name']:10} {r['msg_s']:15.1f} {r['maildir_s']:19.2f} {r['rss_mib']:15.1f} {r['pss_mib']:15.1f}"
+              f" {r['cpu_ms']:11.2f}")
     mh, pf = results
     print(f"ratio mailhost/Postfix: throughput {mh['msg_s'] / pf['msg_s']:.2f}, "
           f"time to Maildir {pf['maildir_s'] / mh['maildir_s']:.2f} (>1 = mailhost faster), "
-          f"peak RSS {mh['rss_mib'] / pf['rss_mib']:.2f}, peak PSS {mh['pss_mib'] / pf['pss_mib']:.2f}")
+          f"peak RSS {mh['rss_mib'] / pf['rss_mib']:.2f}, peak PSS {mh['pss_mib'] / pf['pss_mib']:.2f}, "
+          f"CPU per message {mh['cpu_ms'] / pf['cpu_ms']:.2f} (<1 = mailhost cheaper)")
 
 
 if __name__ == "__main__":
