@@ -59,16 +59,39 @@ class _Insert:
 
     def __call__(self):
         if self.objs:
-            type(self.objs[0]).objects.bulk_create(self.objs)
+            _insert_rows(type(self.objs[0]), self.objs)
 
 
 def _add_used_bytes(deltas: dict[int, int]) -> None:
     from mailboxes.models import Mailbox
 
     table = connection.ops.quote_name(Mailbox._meta.db_table)
+    _executemany(f"UPDATE {table} SET used_bytes = used_bytes + %s WHERE id = %s",
+                 [(delta, pk) for pk, delta in sorted(deltas.items())])
+
+
+def _insert_rows(model, objs: list) -> None:
+    """One prepared INSERT for every row: bulk_create compiles (and on PostgreSQL quotes) each
+    value in Python, which was a sixth of the service's CPU."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    sql = (f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+           f"VALUES ({', '.join(['%s'] * len(fields))})")
+    _executemany(sql, [[f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields] for obj in objs])
+
+
+def _executemany(sql: str, params: list) -> None:
+    if connection.vendor == "postgresql":
+        # Django's psycopg cursors bind client-side (every value quoted in Python); a plain
+        # psycopg cursor binds on the server and pipelines executemany.
+        import psycopg
+
+        connection.ensure_connection()
+        with psycopg.Cursor(connection.connection) as cursor:
+            cursor.executemany(sql, params)
+        return
     with connection.cursor() as cursor:
-        cursor.executemany(f"UPDATE {table} SET used_bytes = used_bytes + %s WHERE id = %s",
-                           [(delta, pk) for pk, delta in sorted(deltas.items())])
+        cursor.executemany(sql, params)
 
 
 def run(fn, *args, **kwargs):
@@ -142,10 +165,12 @@ class Writer(threading.Thread):
                         inserts[type(op.objs[0])].extend(op.objs)
                     else:
                         results[id(future)] = op()
+                # Log rows before counters: tables in name order, the order in which a test's
+                # TRUNCATE takes its locks, so the two cannot deadlock on PostgreSQL.
+                for model, objs in sorted(inserts.items(), key=lambda item: item[0]._meta.db_table):
+                    _insert_rows(model, objs)
                 if deltas:
                     _add_used_bytes(deltas)
-                for model, objs in inserts.items():
-                    model.objects.bulk_create(objs)
         except Exception:
             # One failing write must not fail its neighbours: retry each in its own transaction.
             log.warning("batched write failed; retrying %d writes one by one", len(items), exc_info=True)
