@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import time
 
 from delivery.models import MessageLog, QueuedRecipient
 from mailboxes.models import Mailbox
@@ -57,3 +58,33 @@ def test_the_log_rows_and_quota_counts_written_behind_the_reply_are_flushed_by_s
     assert len(stored) == 20
     assert MessageLog.objects.filter(domain=bob.domain, result="accepted").count() == 20
     assert Mailbox.objects.get(pk=bob.pk).used_bytes == sum(path.stat().st_size for path in stored)
+
+
+def test_dot_stuffing_and_a_terminator_split_over_packets_are_read_exactly(shared_smtp_service, bob):
+    session = RawSession(shared_smtp_service.inbound)
+    session.command("EHLO client.test")
+    session.command("MAIL FROM:<someone@elsewhere.test>")
+    session.command("RCPT TO:<bob@example.org>")
+    assert session.command("DATA").startswith("354")
+    for piece in (b"..first line was dot-stuffed\r\n", b"..\r\n", b"middle\r", b"\n.", b"x\r\n\r", b"\n", b".", b"\r",
+                  b"\n"):
+        session.send(piece)
+        time.sleep(0.05)
+    assert session.reply().startswith("250 ")
+    session.close()
+    [stored] = (bob.maildir / "new").iterdir()
+    assert stored.read_bytes().endswith(b"\r\n.first line was dot-stuffed\r\n.\r\nmiddle\r\nx\r\n\r\n")
+
+
+def test_an_empty_message_and_a_one_blank_line_message_are_taken_as_sent(shared_smtp_service, bob):
+    session = RawSession(shared_smtp_service.inbound)
+    session.command("EHLO client.test")
+    for body in (b"", b"\r\n"):
+        session.command("MAIL FROM:<someone@elsewhere.test>")
+        session.command("RCPT TO:<bob@example.org>")
+        assert session.command("DATA").startswith("354")
+        session.send(body + b".\r\n")
+        assert session.reply().startswith("250 ")
+    session.close()
+    sizes = sorted(len(path.read_bytes().split(b"\r\n\r\n", 1)[-1]) for path in (bob.maildir / "new").iterdir())
+    assert len(sizes) == 2

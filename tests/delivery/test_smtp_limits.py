@@ -127,3 +127,21 @@ def test_an_smtputf8_sender_and_recipient_are_accepted(shared_smtp_service, bob)
     session.close()
     [stored] = (jose.maildir / "new").iterdir()
     assert stored.read_bytes().endswith("Subject: olá\r\n\r\nçà\r\n".encode())
+
+
+def test_a_message_far_over_the_size_limit_is_drained_and_refused_and_the_session_goes_on(smtp_service_factory, bob):
+    service = smtp_service_factory(SMTP_MAX_MESSAGE_SIZE="2000")
+    session = RawSession(service.inbound)
+    session.command("EHLO client.test")
+    session.command("MAIL FROM:<a@elsewhere.test>")
+    session.command("RCPT TO:<bob@example.org>")
+    assert session.command("DATA") == replies.START_DATA
+    for _ in range(50):
+        session.send((b"y" * 998 + b"\r\n") * 20)
+    session.send(b"\r")
+    time.sleep(0.05)
+    session.send(b"\n.\r\n")
+    assert session.reply() == replies.MESSAGE_TOO_BIG
+    assert session.command("NOOP").startswith("250")
+    session.close()
+    assert not (bob.maildir / "new").exists() or not any((bob.maildir / "new").iterdir())
