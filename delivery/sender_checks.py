@@ -26,10 +26,17 @@ from publicsuffixlist import PublicSuffixList
 from mailhost.resolvers import install_default
 
 from . import smtp_policy
+from .short_cache import ShortCache
 
 log = logging.getLogger("mailhost.smtp.checks")
 DNS_TIMEOUT = 5.0
+# SPF verdicts per (client, HELO, sender) and DMARC records per domain are reused this long
+# when SMTP_DNS_CACHE is on: a busy MX sees the same senders from the same hosts many times a
+# second, and re-evaluating each from dnspython's cache was a tenth of the service's CPU. Far
+# below any real record's TTL; failures (temperror) are never reused.
+VERDICT_SECONDS = 5.0
 _psl = PublicSuffixList()
+_verdicts = ShortCache(VERDICT_SECONDS, max_entries=20000)
 
 
 class DnsTemporaryError(Exception):
@@ -90,13 +97,18 @@ def check_spf(client_ip: str, helo: str, mail_from: str) -> tuple[str, str]:
     """RFC 7208 check of MAIL FROM (or of the HELO name for the null sender)."""
     sender = mail_from if not smtp_policy.is_null_sender(mail_from) else f"postmaster@{helo}"
     domain = sender.rpartition("@")[2].lower()
-    try:
-        result, _explanation = spf.check2(i=client_ip, s=sender, h=helo, timeout=DNS_TIMEOUT,
-                                          querytime=DNS_TIMEOUT)
-    except Exception:   # pyspf raises on some malformed input; that is not the sender's pass
-        log.exception("spf check failed for %s", sender)
-        result = "temperror"
-    return _token(result), domain
+    key = ("spf", client_ip, helo, sender)
+    result = _verdicts.get(key) if settings.SMTP_DNS_CACHE else None
+    if result is None:
+        try:
+            result = _token(spf.check2(i=client_ip, s=sender, h=helo, timeout=DNS_TIMEOUT,
+                                       querytime=DNS_TIMEOUT)[0])
+        except Exception:   # pyspf raises on some malformed input; that is not the sender's pass
+            log.exception("spf check failed for %s", sender)
+            result = "temperror"
+        if result != "temperror" and settings.SMTP_DNS_CACHE:
+            _verdicts.put(key, result)
+    return result, domain
 
 
 # -- DKIM ----------------------------------------------------------------------------------------
@@ -175,6 +187,16 @@ def organizational_domain(domain: str) -> str:
 
 def dmarc_record(domain: str) -> dict[str, str] | None:
     """The DMARC tags for `domain` (RFC 7489 6.6.3: the domain, then its organisational domain)."""
+    if not settings.SMTP_DNS_CACHE:
+        return _dmarc_record(domain)
+    found = _verdicts.get(("dmarc", domain), default=False)
+    if found is False:
+        found = _dmarc_record(domain)     # a DNS failure raises: not remembered
+        _verdicts.put(("dmarc", domain), found)
+    return dict(found) if found is not None else None
+
+
+def _dmarc_record(domain: str) -> dict[str, str] | None:
     for name in dict.fromkeys((domain, organizational_domain(domain))):
         texts = [raw.decode("utf-8", errors="replace") for raw in dns_txt_records(f"_dmarc.{name}")]
         records = [record for record in map(_parse_dmarc, texts) if record is not None]

@@ -119,3 +119,24 @@ def test_dmarc_alignment_uses_the_organisational_domain():
 
 def test_dmarc_without_a_record_is_none(dns_server):
     assert check_dmarc(SenderChecks(from_domain="dns-ready.test")) == ("none", "")
+
+
+def test_with_the_dns_cache_on_a_verdict_is_reused_for_seconds_but_a_failure_never_is(dns_server, settings):
+    from delivery import sender_checks
+
+    settings.SMTP_DNS_CACHE = True
+    sender_checks._verdicts.clear()
+    dns_server.zone("cached.test", '@ IN TXT "v=spf1 ip4:127.0.0.0/8 -all"', '_dmarc IN TXT "v=DMARC1; p=reject"')
+    assert sender_checks.check_spf("127.0.0.1", "client.test", "a@cached.test") == ("pass", "cached.test")
+    assert sender_checks.dmarc_record("cached.test")["p"] == "reject"
+    dns_server.stop()
+    try:
+        # The same questions within VERDICT_SECONDS are answered without DNS ...
+        assert sender_checks.check_spf("127.0.0.1", "client.test", "a@cached.test") == ("pass", "cached.test")
+        assert sender_checks.dmarc_record("cached.test")["p"] == "reject"
+        # ... a new one is not, and its failure is not remembered.
+        assert sender_checks.check_spf("127.0.0.2", "client.test", "a@cached.test")[0] == "temperror"
+    finally:
+        dns_server.restart()
+    assert sender_checks.check_spf("127.0.0.2", "client.test", "a@cached.test") == ("pass", "cached.test")
+    sender_checks._verdicts.clear()
