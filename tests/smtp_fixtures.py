@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, free_port, subprocess_env, wait_for_port
+from tests.support import ROOT, free_port, settle_database_writers, subprocess_env, wait_for_port
 
 
 @dataclass
@@ -174,4 +174,5 @@ def shared_smtp_service(_module_smtp_service, transactional_db, settings):
     The Maildir tree is emptied before each test."""
     shutil.rmtree(_module_smtp_service.mail_root, ignore_errors=True)
     settings.MAIL_ROOT = _module_smtp_service.mail_root
-    return _module_smtp_service
+    yield _module_smtp_service
+    settle_database_writers()

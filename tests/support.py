@@ -15,6 +15,26 @@ ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
 
 
+def settle_database_writers(timeout: float = 5.0) -> None:
+    """Wait until no other connection to the test database is inside a transaction.
+
+    The SMTP service commits log rows just behind its reply; a test that ends at once would
+    otherwise TRUNCATE (pytest-django's flush, PostgreSQL) while that commit runs, and the two
+    can deadlock, the flush losing. SQLite's flush simply waits for the lock."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    with connection.cursor() as cursor:
+        while quiet < 3 and time.monotonic() < deadline:     # quiet three looks in a row
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')")
+            quiet = quiet + 1 if cursor.fetchone()[0] == 0 else 0
+            time.sleep(0.02)
+
+
 def eventually(probe, timeout: float = 10.0, interval: float = 0.02):
     """The first truthy value of `probe()` within `timeout` seconds. For what a service writes just
     behind its reply (the SMTP service's message-log rows and quota counters)."""
