@@ -20,7 +20,6 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from domains.models import Domain
 from mailhost.addresses import parse_address
 
 from .models import QueuedMessage, QueuedRecipient, Suppression
@@ -47,28 +46,36 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
     prepared and DKIM-signed here, once; forwarded mail keeps its bytes and the original
     signatures, and gets an SRS envelope sender so SPF still passes at the next hop.
     """
-    from . import signing, srs
+    from . import db_writes, signing, srs
 
     original_recipients = original_recipients or {}
     if source == QueuedMessage.Source.INBOUND:
         sender = srs.forward(sender)
-    sender_domain = None
-    if sender:
-        sender_domain = Domain.objects.filter(name=parse_address(sender).domain).first()
+    sender_domain = signing.hosted_domain(parse_address(sender).domain)[0] if sender else None
     if source != QueuedMessage.Source.INBOUND:
-        data = signing.sign(signing.prepare(data), known=sender_domain)
-    with transaction.atomic():
-        message = QueuedMessage.objects.create(
-            sender=sender, data=data, size=len(data), source=source, auth_user=auth_user,
-            sender_domain=sender_domain,
-        )
-        QueuedRecipient.objects.bulk_create(
-            QueuedRecipient(message=message, address=rcpt, domain=parse_address(rcpt).domain,
-                            original_address=original_recipients.get(rcpt, ""))
-            for rcpt in dict.fromkeys(recipients)
-        )
-        transaction.on_commit(kick)
-    return message
+        data = signing.sign(signing.prepare(data))
+    addresses = [(rcpt, parse_address(rcpt).domain) for rcpt in dict.fromkeys(recipients)]
+
+    def insert() -> QueuedMessage:
+        # savepoint=False: inside the SMTP service's group commit a failure fails the whole
+        # group, which db_writes then retries write by write; alone it is a plain transaction.
+        with transaction.atomic(savepoint=False):
+            message = QueuedMessage.objects.create(
+                sender=sender, data=data, size=len(data), source=source, auth_user=auth_user,
+                sender_domain=sender_domain,
+            )
+            QueuedRecipient.objects.bulk_create(
+                QueuedRecipient(message=message, address=rcpt, domain=domain,
+                                original_address=original_recipients.get(rcpt, ""))
+                for rcpt, domain in addresses
+            )
+            transaction.on_commit(kick)
+        return message
+
+    # In the SMTP service the insert joins db_writes' group commit (one writer thread, one
+    # transaction for everything waiting) instead of every session thread queueing for SQLite's
+    # writer lock; either way it is committed when this returns, before the 250.
+    return db_writes.run(insert)
 
 
 _last_kick = 0.0

@@ -161,3 +161,18 @@ def test_a_message_accepted_for_several_recipients_is_recorded_in_one_go(bob, si
     sink.wait_for(1)
     assert [r.state for r in message.recipients.all()] == [State.DELIVERED] * 2
     assert MessageLog.objects.filter(queue_id=message.queue_id, result="delivered").count() == 2
+
+
+def test_enqueue_reads_the_sender_domain_and_its_keys_once_then_remembers_them(bob, django_assert_num_queries):
+    enqueue("bob@example.org", ["a@remote.test"], MESSAGE)
+    with django_assert_num_queries(2):  # the message row and its recipient rows, nothing else
+        enqueue("bob@example.org", ["b@remote.test"], MESSAGE)
+
+
+def test_a_retired_key_stops_signing_at_once_in_the_process_that_retired_it(bob):
+    from delivery import signing
+
+    assert b"DKIM-Signature:" in bytes(enqueue("bob@example.org", ["a@remote.test"], MESSAGE).data)
+    bob.domain.active_dkim_key().retire()
+    assert signing.hosted_domain("example.org")[1] == [], "saving a key forgets the remembered keys"
+    assert b"DKIM-Signature:" not in bytes(enqueue("bob@example.org", ["b@remote.test"], MESSAGE).data)
