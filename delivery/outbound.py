@@ -211,7 +211,7 @@ def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient]) -> None:
     relay = bool(settings.SMTP_RELAY_HOST)
     try:
         hosts = routing.mx_hosts(domain)
-        policy = mta_sts.Policy() if relay else mta_sts.policy_for(domain)
+        policy = mta_sts.Policy() if relay else mta_sts.policy_for_delivery(domain)
     except routing.RoutingError as exc:
         status = getattr(exc, "status", "4.4.3")
         code = 550 if exc.permanent else 451

@@ -128,6 +128,7 @@ QUEUE_DRAIN_SECONDS = env.float("QUEUE_DRAIN_SECONDS", default=10.0)  # a delive
 SMTP_OUTBOUND_TIMEOUT = env.int("SMTP_OUTBOUND_TIMEOUT", default=60)
 SMTP_CONNECTION_CACHE_TIME = env.float("SMTP_CONNECTION_CACHE_TIME", default=2.0)  # reuse a finished connection
 MTA_STS_CA_FILE = env.str("MTA_STS_CA_FILE", default="")
+MTA_STS_RECHECK_SECONDS = env.float("MTA_STS_RECHECK_SECONDS", default=60.0)  # a worker reuses a policy answer
 MTA_STS_HTTPS_PORT = env.int("MTA_STS_HTTPS_PORT", default=443)
 SRS_SECRET = env.str("SRS_SECRET", default="")
 SRS_DOMAIN = env.str("SRS_DOMAIN", default="")
