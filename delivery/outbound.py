@@ -223,6 +223,7 @@ def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient]) -> None:
     for r in rows:
         by_message.setdefault(r.message_id, []).append(r)
     pending = list(by_message.values())
+    in_flight = _InFlight(run)
     last_error = "no host tried"
     for host in hosts:
         if not pending:
@@ -236,9 +237,8 @@ def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient]) -> None:
         healthy = False
         try:
             while pending:
-                group = pending[0]
-                ids = start_attempt(run, [r.pk for r in group])
-                group = [r for r in group if r.pk in ids]
+                ours = in_flight.ours(pending)
+                group = [r for r in pending[0] if r.pk in ours]
                 if group:
                     message = group[0].message
                     _record_results(run, group, conn.send(message.sender, group, bytes(message.data)))
@@ -257,6 +257,28 @@ def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient]) -> None:
         for group in pending:
             for r in group:
                 record(run, r, outcome)
+
+
+class _InFlight:
+    """Marks a domain's pending rows in flight in one UPDATE and says which are still this run's.
+
+    One statement per batch instead of one per message. The mark also extends the lease; it is
+    renewed once it is older than a tenth of QUEUE_LEASE_SECONDS, so a slow batch keeps its rows
+    as before. A run whose rows were already finished (the same task run twice) gets none back
+    and sends nothing.
+    """
+
+    def __init__(self, run: str):
+        self.run = run
+        self.marked_at: float | None = None
+        self.ids: set[int] = set()
+
+    def ours(self, pending: list[list[QueuedRecipient]]) -> set[int]:
+        renew_after = getattr(settings, "QUEUE_LEASE_SECONDS", 300) / 10
+        if self.marked_at is None or time.monotonic() - self.marked_at > renew_after:
+            self.ids = set(start_attempt(self.run, [r.pk for group in pending for r in group]))
+            self.marked_at = time.monotonic()
+        return self.ids
 
 
 def _record_results(run: str, group: list[QueuedRecipient], results: dict[int, Outcome]) -> None:
