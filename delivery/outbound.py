@@ -176,15 +176,23 @@ def park(conn: Connection, relay: bool) -> None:
 def deliver_batch(run: str, rows: list[QueuedRecipient]) -> None:
     """Deliver leased rows, domain by domain; every row gets an outcome or its lease runs out.
 
-    The rows may span many domains (a task carries several claimed batches): domains whose MX is
-    the same host then share one connection through the connection cache.
+    The rows may span many domains (a task carries several claimed batches). All of them are
+    marked in flight in one statement, and a connection that just delivered one domain's mail
+    goes straight on to the next domain on the same MX host, as it would to the next message:
+    only connections parked between runs are probed with RSET.
     """
     rows = _drop_suppressed(run, rows)
     by_domain: OrderedDict[str, list[QueuedRecipient]] = OrderedDict()
     for r in rows:
         by_domain.setdefault(r.domain, []).append(r)
-    for domain, domain_rows in by_domain.items():
-        _deliver_domain(run, domain, domain_rows)
+    in_flight = _InFlight(run, [r.pk for r in rows])
+    held: dict[tuple, Connection] = {}
+    try:
+        for domain, domain_rows in by_domain.items():
+            _deliver_domain(run, domain, domain_rows, in_flight, held)
+    finally:
+        for key, conn in held.items():
+            park(conn, relay=key[-1])
 
 
 def deliver_due(seconds: float, batches: int) -> int:
@@ -207,7 +215,10 @@ def deliver_due(seconds: float, batches: int) -> int:
     return done
 
 
-def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient]) -> None:
+def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient], in_flight: _InFlight,
+                    held: dict[tuple, Connection]) -> None:
+    if not any(r.pk in in_flight.ours() for r in rows):
+        return  # finished by an earlier run of the same task, or taken back after a lost lease
     relay = bool(settings.SMTP_RELAY_HOST)
     try:
         hosts = routing.mx_hosts(domain)
@@ -223,13 +234,14 @@ def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient]) -> None:
     for r in rows:
         by_message.setdefault(r.message_id, []).append(r)
     pending = list(by_message.values())
-    in_flight = _InFlight(run)
     last_error = "no host tried"
     for host in hosts:
         if not pending:
             break
+        key = _key(host, policy, relay)
         try:
-            conn = connect(host, policy, relay)
+            conn = held.pop(key, None) if policy.allows(host.name) or not policy.enforced else None
+            conn = conn or connect(host, policy, relay)
         except HostFailed as exc:
             last_error = str(exc)
             log.info("%s", exc)
@@ -237,7 +249,7 @@ def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient]) -> None:
         healthy = False
         try:
             while pending:
-                ours = in_flight.ours(pending)
+                ours = in_flight.ours()
                 group = [r for r in pending[0] if r.pk in ours]
                 if group:
                     message = group[0].message
@@ -249,7 +261,7 @@ def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient]) -> None:
             log.info("%s", exc)
         finally:
             if healthy:
-                park(conn, relay)
+                held[key] = conn
             else:
                 conn.close()
     if pending:
@@ -260,23 +272,24 @@ def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient]) -> None:
 
 
 class _InFlight:
-    """Marks a domain's pending rows in flight in one UPDATE and says which are still this run's.
+    """Marks a run's rows in flight in one UPDATE and says which are still this run's.
 
-    One statement per batch instead of one per message. The mark also extends the lease; it is
-    renewed once it is older than a tenth of QUEUE_LEASE_SECONDS, so a slow batch keeps its rows
-    as before. A run whose rows were already finished (the same task run twice) gets none back
-    and sends nothing.
+    One statement per run instead of one per message. The mark also extends the lease; it is
+    renewed (for the rows the run still owns) once it is older than a tenth of
+    QUEUE_LEASE_SECONDS, so a slow run keeps its rows as before. A run whose rows were already
+    finished (the same task run twice) gets none back and sends nothing.
     """
 
-    def __init__(self, run: str):
+    def __init__(self, run: str, ids: list[int]):
         self.run = run
+        self.all_ids = ids
         self.marked_at: float | None = None
         self.ids: set[int] = set()
 
-    def ours(self, pending: list[list[QueuedRecipient]]) -> set[int]:
+    def ours(self) -> set[int]:
         renew_after = getattr(settings, "QUEUE_LEASE_SECONDS", 300) / 10
         if self.marked_at is None or time.monotonic() - self.marked_at > renew_after:
-            self.ids = set(start_attempt(self.run, [r.pk for group in pending for r in group]))
+            self.ids = set(start_attempt(self.run, self.all_ids))
             self.marked_at = time.monotonic()
         return self.ids
 
