@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Min, Q
 from django.utils import timezone
 
 from mailhost.addresses import parse_address
@@ -147,7 +147,10 @@ def claim_due(now: dt.datetime | None = None, max_batches: int | None = None) ->
     now = now or timezone.now()
     limit = _setting("QUEUE_DESTINATION_CONCURRENCY", 5)
     size = _setting("QUEUE_BATCH_SIZE", 100)
-    domains = list(_due(now).order_by().values_list("domain", flat=True).distinct()[:500])
+    # Oldest due mail first: with `max_batches` a sweep serves only some domains, and none may
+    # wait behind busier ones for ever.
+    domains = list(_due(now).order_by().values("domain").annotate(oldest=Min("next_attempt_at"))
+                   .order_by("oldest").values_list("domain", flat=True)[:500])
     busy = dict(QueuedRecipient.objects.filter(domain__in=domains, lease_until__gt=now).exclude(lease_owner="")
                 .order_by().values("domain").annotate(n=Count("lease_owner", distinct=True))
                 .values_list("domain", "n"))

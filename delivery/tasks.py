@@ -21,7 +21,10 @@ def _batches_per_task() -> int:
 
 @shared_task(name="delivery.dispatch_due", ignore_result=True)
 def dispatch_due() -> int:
-    tokens = queue.claim_due()
+    """Claim work for QUEUE_DISPATCH_TASKS deliver tasks; they drain whatever else is due, so a
+    sweep (every kick and beat tick) need not lease the whole queue itself."""
+    tasks = max(1, getattr(settings, "QUEUE_DISPATCH_TASKS", 4))
+    tokens = queue.claim_due(max_batches=tasks * _batches_per_task())
     per_task = _batches_per_task()
     for i in range(0, len(tokens), per_task):
         deliver.apply_async((tokens[i:i + per_task],), ignore_result=True)

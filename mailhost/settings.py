@@ -124,6 +124,7 @@ QUEUE_LEASE_SECONDS = env.int("QUEUE_LEASE_SECONDS", default=300)
 QUEUE_BATCH_SIZE = env.int("QUEUE_BATCH_SIZE", default=100)
 QUEUE_DESTINATION_CONCURRENCY = env.int("QUEUE_DESTINATION_CONCURRENCY", default=5)
 QUEUE_BATCHES_PER_TASK = env.int("QUEUE_BATCHES_PER_TASK", default=10)  # claimed batches one deliver task carries
+QUEUE_DISPATCH_TASKS = env.int("QUEUE_DISPATCH_TASKS", default=4)  # deliver tasks a sweep sends at most
 QUEUE_DRAIN_SECONDS = env.float("QUEUE_DRAIN_SECONDS", default=10.0)  # a deliver task then keeps claiming this long
 SMTP_OUTBOUND_TIMEOUT = env.int("SMTP_OUTBOUND_TIMEOUT", default=60)
 SMTP_CONNECTION_CACHE_TIME = env.float("SMTP_CONNECTION_CACHE_TIME", default=2.0)  # reuse a finished connection

@@ -176,3 +176,15 @@ def test_a_retired_key_stops_signing_at_once_in_the_process_that_retired_it(bob)
     bob.domain.active_dkim_key().retire()
     assert signing.hosted_domain("example.org")[1] == [], "saving a key forgets the remembered keys"
     assert b"DKIM-Signature:" not in bytes(enqueue("bob@example.org", ["b@remote.test"], MESSAGE).data)
+
+
+def test_a_short_sweep_serves_the_domain_whose_mail_waited_longest(bob):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    old = enqueue("bob@example.org", ["a@zz-last.test"], MESSAGE)
+    enqueue("bob@example.org", ["b@aa-first.test"], MESSAGE)
+    old.recipients.update(next_attempt_at=timezone.now() - dt.timedelta(minutes=5))
+    [token] = queue.claim_due(max_batches=1)
+    assert QueuedRecipient.objects.get(lease_owner=token).domain == "zz-last.test"
