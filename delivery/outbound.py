@@ -25,6 +25,10 @@ from .queue import Outcome, claim_due, record, record_delivered, start_attempt, 
 log = logging.getLogger(__name__)
 
 
+# How long a draining worker waits after a short round (fewer batches than it asked for).
+DRAIN_GATHER_SECONDS = 0.05
+
+
 class HostFailed(Exception):
     """This host cannot take mail right now; try the next one."""
 
@@ -212,6 +216,10 @@ def deliver_due(seconds: float, batches: int) -> int:
         run, rows = take_over(tokens)
         deliver_batch(run, rows)
         done += len(tokens)
+        if len(tokens) < batches:
+            # The queue is (nearly) drained: let a little mail gather rather than pay a whole
+            # claim for every message or two that arrives.
+            time.sleep(DRAIN_GATHER_SECONDS)
     return done
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Min, Q
+from django.db.models import Count, F, Min, Q, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from mailhost.addresses import parse_address
@@ -154,17 +155,28 @@ def claim_due(now: dt.datetime | None = None, max_batches: int | None = None) ->
     busy = dict(QueuedRecipient.objects.filter(domain__in=domains, lease_until__gt=now).exclude(lease_owner="")
                 .order_by().values("domain").annotate(n=Count("lease_owner", distinct=True))
                 .values_list("domain", "n"))
+    slots = {d: limit - busy.get(d, 0) for d in domains if busy.get(d, 0) < limit}
+    if max_batches:
+        # Every domain takes at least one batch: the first max_batches of them are enough.
+        slots = dict(list(slots.items())[:max_batches])
+    if not slots:
+        return []
+    # One read for all chosen domains: each domain's oldest rows, numbered per domain so that
+    # no domain brings more than its free slots can carry.
+    rank = Window(RowNumber(), partition_by=F("domain"), order_by=(F("next_attempt_at").asc(), F("id").asc()))
+    rows = (_due(now).filter(domain__in=list(slots)).annotate(rank=rank)
+            .filter(rank__lte=max(slots.values(), default=0) * size)
+            .order_by("domain", "rank").values_list("pk", "domain", "rank"))
+    per_domain: dict[str, list[int]] = {}
+    for pk, domain, n in rows:
+        if n <= slots[domain] * size:
+            per_domain.setdefault(domain, []).append(pk)
     batches: list[list[int]] = []
-    for domain in domains:
-        slots = max(0, limit - busy.get(domain, 0))
-        if not slots:
-            continue
-        ids = list(_due(now).filter(domain=domain).order_by("next_attempt_at", "id")
-                   .values_list("pk", flat=True)[:slots * size])
+    for domain in slots:
+        ids = per_domain.get(domain, [])
         batches += [ids[i:i + size] for i in range(0, len(ids), size)]
-        if max_batches and len(batches) >= max_batches:
-            batches = batches[:max_batches]
-            break
+    if max_batches:
+        batches = batches[:max_batches]
     if not batches:
         return []
     lease_until = now + dt.timedelta(seconds=_setting("QUEUE_LEASE_SECONDS", 300))
