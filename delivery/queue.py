@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Min, Q, Window
+from django.db.models import Case, Count, F, Min, Q, Value, When, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -180,14 +180,19 @@ def claim_due(now: dt.datetime | None = None, max_batches: int | None = None) ->
     if not batches:
         return []
     lease_until = now + dt.timedelta(seconds=_setting("QUEUE_LEASE_SECONDS", 300))
-    tokens: list[str] = []
+    tokens = [secrets.token_hex(12) for _ in batches]
+    owner = Case(*(When(pk__in=ids, then=Value(token)) for ids, token in zip(batches, tokens, strict=True)),
+                 default=Value(""))
+    # One UPDATE gives every batch its own token; it re-checks the conditions, and the tokens
+    # that got rows are read back in the same transaction.
     with transaction.atomic():
-        for ids in batches:
-            token = secrets.token_hex(12)
-            if QueuedRecipient.objects.filter(pk__in=ids, state__in=QueuedRecipient.PENDING_STATES).filter(
-                    _lease_free(now)).update(lease_owner=token, lease_until=lease_until):
-                tokens.append(token)
-    return tokens
+        got = QueuedRecipient.objects.filter(
+            pk__in=[pk for ids in batches for pk in ids], state__in=QueuedRecipient.PENDING_STATES,
+        ).filter(_lease_free(now)).update(lease_owner=owner, lease_until=lease_until)
+        if got == sum(map(len, batches)):
+            return tokens
+        held = set(QueuedRecipient.objects.filter(lease_owner__in=tokens).values_list("lease_owner", flat=True))
+    return [t for t in tokens if t in held]
 
 
 def take_over(tokens: str | list[str]) -> tuple[str, list[QueuedRecipient]]:
