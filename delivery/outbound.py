@@ -225,7 +225,8 @@ def deliver_due(seconds: float, batches: int) -> int:
 
 def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient], in_flight: _InFlight,
                     held: dict[tuple, Connection]) -> None:
-    if not any(r.pk in in_flight.ours() for r in rows):
+    ours = in_flight.ours()
+    if not any(r.pk in ours for r in rows):
         return  # finished by an earlier run of the same task, or taken back after a lost lease
     relay = bool(settings.SMTP_RELAY_HOST)
     try:
