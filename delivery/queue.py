@@ -70,13 +70,16 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
                                 original_address=original_recipients.get(rcpt, ""))
                 for rcpt, domain in addresses
             )
-            transaction.on_commit(kick)
         return message
 
     # In the SMTP service the insert joins db_writes' group commit (one writer thread, one
     # transaction for everything waiting) instead of every session thread queueing for SQLite's
     # writer lock; either way it is committed when this returns, before the 250.
-    return db_writes.run(insert)
+    message = db_writes.run(insert)
+    # In this thread, not the writer's: a slow broker must never hold up everyone's writes.
+    # Inside a caller's transaction the kick still waits for its commit.
+    transaction.on_commit(kick)
+    return message
 
 
 _last_kick = 0.0
