@@ -143,9 +143,9 @@ def claim_due(now: dt.datetime | None = None, max_batches: int | None = None) ->
 
     The candidates are read without a transaction (WAL readers take no lock) and every batch is
     then leased in one short write transaction: on SQLite the SMTP service and the worker share
-    one writer lock, and a sweep that took it once per due domain kept submissions waiting. Each
+    one writer lock, and a sweep that took it once per due domain kept submissions waiting. The
     UPDATE re-checks that its rows are due and unleased, so a concurrent claimer that got there
-    first simply leaves this batch shorter (or empty) — on both engines. `max_batches` stops the
+    first simply leaves a batch shorter (or empty) — on both engines. `max_batches` stops the
     sweep early (a worker draining the queue takes a few batches at a time).
     """
     now = now or timezone.now()
