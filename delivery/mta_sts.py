@@ -17,6 +17,8 @@ import http.client
 import logging
 import socket
 import ssl
+import threading
+import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -36,6 +38,7 @@ class Policy:
     mx: list[str] = field(default_factory=list)
     max_age: int = 0
     policy_id: str = ""
+    expires_at: dt.datetime | None = None   # when the cached copy runs out (RFC 8461 max_age)
 
     @property
     def enforced(self) -> bool:
@@ -146,7 +149,8 @@ def fetch(domain: str) -> Policy:
 
 
 def _from_row(row: MtaStsPolicy) -> Policy:
-    return Policy(mode=row.mode, mx=list(row.mx), max_age=row.max_age, policy_id=row.policy_id)
+    return Policy(mode=row.mode, mx=list(row.mx), max_age=row.max_age, policy_id=row.policy_id,
+                  expires_at=row.expires_at)
 
 
 def policy_for(domain: str) -> Policy:
@@ -164,8 +168,42 @@ def policy_for(domain: str) -> Policy:
         log.warning("MTA-STS policy of %s: %s", domain, exc)
         return _from_row(cached) if cached else Policy()
     policy.policy_id = policy_id
+    policy.expires_at = now + dt.timedelta(seconds=policy.max_age)
     MtaStsPolicy.objects.update_or_create(domain=domain, defaults={
         "policy_id": policy_id, "mode": policy.mode, "mx": policy.mx, "max_age": policy.max_age,
-        "fetched_at": now, "expires_at": now + dt.timedelta(seconds=policy.max_age),
+        "fetched_at": now, "expires_at": policy.expires_at,
     })
     return policy
+
+
+# RFC 8461 5.1 lets a sender apply a cached policy that has not outlived max_age without asking
+# DNS for a new id ("optionally, sending MTAs may unconditionally check for a new policy"), and
+# deliver to a domain with no cached policy while discovery goes on. So the delivery path asks
+# `policy_for` (a TXT lookup plus a database read) at most once per domain every
+# MTA_STS_RECHECK_SECONDS in each worker process, and never past the policy's own expiry; a new
+# policy id, or a newly published policy, is seen within that time.
+_recent: dict[str, tuple[float, Policy]] = {}
+_recent_lock = threading.Lock()
+
+
+def policy_for_delivery(domain: str) -> Policy:
+    """`policy_for`, remembered briefly per worker process (see above)."""
+    seconds = float(getattr(settings, "MTA_STS_RECHECK_SECONDS", 60))
+    now = time.monotonic()
+    known = _recent.get(domain)
+    if known is not None and known[0] > now:
+        return known[1]
+    policy = policy_for(domain)
+    if seconds > 0:
+        if policy.expires_at is not None:
+            seconds = min(seconds, (policy.expires_at - timezone.now()).total_seconds())
+        with _recent_lock:
+            if len(_recent) >= 10000:
+                _recent.clear()
+            _recent[domain] = (now + seconds, policy)
+    return policy
+
+
+def forget_recent() -> None:
+    with _recent_lock:
+        _recent.clear()

@@ -20,9 +20,13 @@ from django.conf import settings
 
 from . import mta_sts, routing
 from .models import QueuedRecipient, Suppression
-from .queue import Outcome, record, start_attempt
+from .queue import Outcome, claim_due, record, record_delivered, start_attempt, take_over
 
 log = logging.getLogger(__name__)
+
+
+# How long a draining worker waits after a short round (fewer batches than it asked for).
+DRAIN_GATHER_SECONDS = 0.05
 
 
 class HostFailed(Exception):
@@ -174,17 +178,60 @@ def park(conn: Connection, relay: bool) -> None:
 
 
 def deliver_batch(run: str, rows: list[QueuedRecipient]) -> None:
-    """Deliver leased rows (all for one domain); every row gets an outcome or its lease runs out."""
-    if not rows:
-        return
+    """Deliver leased rows, domain by domain; every row gets an outcome or its lease runs out.
+
+    The rows may span many domains (a task carries several claimed batches). All of them are
+    marked in flight in one statement, and a connection that just delivered one domain's mail
+    goes straight on to the next domain on the same MX host, as it would to the next message:
+    only connections parked between runs are probed with RSET.
+    """
     rows = _drop_suppressed(run, rows)
-    domain = rows[0].domain if rows else ""
-    if not rows:
-        return
+    by_domain: OrderedDict[str, list[QueuedRecipient]] = OrderedDict()
+    for r in rows:
+        by_domain.setdefault(r.domain, []).append(r)
+    in_flight = _InFlight(run, [r.pk for r in rows])
+    held: dict[tuple, Connection] = {}
+    try:
+        for domain, domain_rows in by_domain.items():
+            _deliver_domain(run, domain, domain_rows, in_flight, held)
+    finally:
+        for key, conn in held.items():
+            park(conn, relay=key[-1])
+
+
+def deliver_due(seconds: float, batches: int) -> int:
+    """Claim and deliver what is due, a few batches at a time, until nothing is or time is up.
+
+    A worker that has just finished its task keeps going instead of waiting for the next
+    beat tick and a broker round trip per batch: under load that wait, not the work, set the
+    pace. Claims go through the same leases as the sweep's, so two workers draining at once
+    never share a row. Returns how many batches it delivered.
+    """
+    deadline = time.monotonic() + seconds
+    done = 0
+    while time.monotonic() < deadline:
+        tokens = claim_due(max_batches=batches)
+        if not tokens:
+            break
+        run, rows = take_over(tokens)
+        deliver_batch(run, rows)
+        done += len(tokens)
+        if len(tokens) < batches:
+            # The queue is (nearly) drained: let a little mail gather rather than pay a whole
+            # claim for every message or two that arrives.
+            time.sleep(DRAIN_GATHER_SECONDS)
+    return done
+
+
+def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient], in_flight: _InFlight,
+                    held: dict[tuple, Connection]) -> None:
+    ours = in_flight.ours()
+    if not any(r.pk in ours for r in rows):
+        return  # finished by an earlier run of the same task, or taken back after a lost lease
     relay = bool(settings.SMTP_RELAY_HOST)
     try:
         hosts = routing.mx_hosts(domain)
-        policy = mta_sts.Policy() if relay else mta_sts.policy_for(domain)
+        policy = mta_sts.Policy() if relay else mta_sts.policy_for_delivery(domain)
     except routing.RoutingError as exc:
         status = getattr(exc, "status", "4.4.3")
         code = 550 if exc.permanent else 451
@@ -200,8 +247,10 @@ def deliver_batch(run: str, rows: list[QueuedRecipient]) -> None:
     for host in hosts:
         if not pending:
             break
+        key = _key(host, policy, relay)
         try:
-            conn = connect(host, policy, relay)
+            conn = held.pop(key, None) if policy.allows(host.name) or not policy.enforced else None
+            conn = conn or connect(host, policy, relay)
         except HostFailed as exc:
             last_error = str(exc)
             log.info("%s", exc)
@@ -209,14 +258,11 @@ def deliver_batch(run: str, rows: list[QueuedRecipient]) -> None:
         healthy = False
         try:
             while pending:
-                group = pending[0]
-                ids = start_attempt(run, [r.pk for r in group])
-                group = [r for r in group if r.pk in ids]
+                ours = in_flight.ours()
+                group = [r for r in pending[0] if r.pk in ours]
                 if group:
                     message = group[0].message
-                    results = conn.send(message.sender, group, bytes(message.data))
-                    for r in group:
-                        record(run, r, results[r.pk])
+                    _record_results(run, group, conn.send(message.sender, group, bytes(message.data)))
                 pending.pop(0)
             healthy = True
         except HostFailed as exc:
@@ -224,7 +270,7 @@ def deliver_batch(run: str, rows: list[QueuedRecipient]) -> None:
             log.info("%s", exc)
         finally:
             if healthy:
-                park(conn, relay)
+                held[key] = conn
             else:
                 conn.close()
     if pending:
@@ -232,6 +278,42 @@ def deliver_batch(run: str, rows: list[QueuedRecipient]) -> None:
         for group in pending:
             for r in group:
                 record(run, r, outcome)
+
+
+class _InFlight:
+    """Marks a run's rows in flight in one UPDATE and says which are still this run's.
+
+    One statement per run instead of one per message. The mark also extends the lease; it is
+    renewed (for the rows the run still owns) once it is older than a tenth of
+    QUEUE_LEASE_SECONDS, so a slow run keeps its rows as before. A run whose rows were already
+    finished (the same task run twice) gets none back and sends nothing.
+    """
+
+    def __init__(self, run: str, ids: list[int]):
+        self.run = run
+        self.all_ids = ids
+        self.marked_at: float | None = None
+        self.ids: set[int] = set()
+
+    def ours(self) -> set[int]:
+        renew_after = getattr(settings, "QUEUE_LEASE_SECONDS", 300) / 10
+        if self.marked_at is None or time.monotonic() - self.marked_at > renew_after:
+            self.ids = set(start_attempt(self.run, self.all_ids))
+            self.marked_at = time.monotonic()
+        return self.ids
+
+
+def _record_results(run: str, group: list[QueuedRecipient], results: dict[int, Outcome]) -> None:
+    """Commit one message's outcomes now: the recipients the peer took in one transaction."""
+    delivered = [r for r in group if results[r.pk].kind == "delivered"]
+    replies = {(results[r.pk].reply, results[r.pk].tls_version) for r in delivered}
+    if len(replies) == 1:
+        record_delivered(run, delivered, results[delivered[0].pk])
+    else:
+        delivered = []
+    for r in group:
+        if r not in delivered:
+            record(run, r, results[r.pk])
 
 
 def _drop_suppressed(run: str, rows: list[QueuedRecipient]) -> list[QueuedRecipient]:

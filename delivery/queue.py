@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Case, Count, F, Min, Q, Value, When, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from domains.models import Domain
 from mailhost.addresses import parse_address
 
 from .models import QueuedMessage, QueuedRecipient, Suppression
@@ -47,27 +47,38 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
     prepared and DKIM-signed here, once; forwarded mail keeps its bytes and the original
     signatures, and gets an SRS envelope sender so SPF still passes at the next hop.
     """
-    from . import signing, srs
+    from . import db_writes, signing, srs
 
     original_recipients = original_recipients or {}
     if source == QueuedMessage.Source.INBOUND:
         sender = srs.forward(sender)
-    sender_domain = None
-    if sender:
-        sender_domain = Domain.objects.filter(name=parse_address(sender).domain).first()
+    sender_domain = signing.hosted_domain(parse_address(sender).domain)[0] if sender else None
     if source != QueuedMessage.Source.INBOUND:
-        data = signing.sign(signing.prepare(data), known=sender_domain)
-    with transaction.atomic():
-        message = QueuedMessage.objects.create(
-            sender=sender, data=data, size=len(data), source=source, auth_user=auth_user,
-            sender_domain=sender_domain,
-        )
-        QueuedRecipient.objects.bulk_create(
-            QueuedRecipient(message=message, address=rcpt, domain=parse_address(rcpt).domain,
-                            original_address=original_recipients.get(rcpt, ""))
-            for rcpt in dict.fromkeys(recipients)
-        )
-        transaction.on_commit(kick)
+        data = signing.sign(signing.prepare(data))
+    addresses = [(rcpt, parse_address(rcpt).domain) for rcpt in dict.fromkeys(recipients)]
+
+    def insert() -> QueuedMessage:
+        # savepoint=False: inside the SMTP service's group commit a failure fails the whole
+        # group, which db_writes then retries write by write; alone it is a plain transaction.
+        with transaction.atomic(savepoint=False):
+            message = QueuedMessage.objects.create(
+                sender=sender, data=data, size=len(data), source=source, auth_user=auth_user,
+                sender_domain=sender_domain,
+            )
+            QueuedRecipient.objects.bulk_create(
+                QueuedRecipient(message=message, address=rcpt, domain=domain,
+                                original_address=original_recipients.get(rcpt, ""))
+                for rcpt, domain in addresses
+            )
+        return message
+
+    # In the SMTP service the insert joins db_writes' group commit (one writer thread, one
+    # transaction for everything waiting) instead of every session thread queueing for SQLite's
+    # writer lock; either way it is committed when this returns, before the 250.
+    message = db_writes.run(insert)
+    # In this thread, not the writer's: a slow broker must never hold up everyone's writes.
+    # Inside a caller's transaction the kick still waits for its commit.
+    transaction.on_commit(kick)
     return message
 
 
@@ -127,43 +138,80 @@ def _claim(domain: str, now: dt.datetime, size: int) -> tuple[str | None, int]:
     return (token if got else None), got
 
 
-def claim_due(now: dt.datetime | None = None) -> list[str]:
+def claim_due(now: dt.datetime | None = None, max_batches: int | None = None) -> list[str]:
     """Lease due rows per destination, at most QUEUE_DESTINATION_CONCURRENCY batches per domain.
 
-    Busy batches are counted for all due domains in one query, and a batch shorter than
-    QUEUE_BATCH_SIZE ends that domain's round: a sweep costs about one transaction per due
-    domain, not three, which matters while the SMTP service is writing to the same database.
+    The candidates are read without a transaction (WAL readers take no lock) and every batch is
+    then leased in one short write transaction: on SQLite the SMTP service and the worker share
+    one writer lock, and a sweep that took it once per due domain kept submissions waiting. The
+    UPDATE re-checks that its rows are due and unleased, so a concurrent claimer that got there
+    first simply leaves a batch shorter (or empty) — on both engines. `max_batches` stops the
+    sweep early (a worker draining the queue takes a few batches at a time).
     """
     now = now or timezone.now()
     limit = _setting("QUEUE_DESTINATION_CONCURRENCY", 5)
     size = _setting("QUEUE_BATCH_SIZE", 100)
-    tokens: list[str] = []
-    domains = list(_due(now).order_by().values_list("domain", flat=True).distinct()[:500])
+    # Oldest due mail first: with `max_batches` a sweep serves only some domains, and none may
+    # wait behind busier ones for ever.
+    domains = list(_due(now).order_by().values("domain").annotate(oldest=Min("next_attempt_at"))
+                   .order_by("oldest").values_list("domain", flat=True)[:500])
     busy = dict(QueuedRecipient.objects.filter(domain__in=domains, lease_until__gt=now).exclude(lease_owner="")
                 .order_by().values("domain").annotate(n=Count("lease_owner", distinct=True))
                 .values_list("domain", "n"))
-    for domain in domains:
-        for _ in range(max(0, limit - busy.get(domain, 0))):
-            token, got = _claim(domain, now, size)
-            if token is not None:
-                tokens.append(token)
-            if got < size:
-                break
-    return tokens
+    slots = {d: limit - busy.get(d, 0) for d in domains if busy.get(d, 0) < limit}
+    if max_batches:
+        # Every domain takes at least one batch: the first max_batches of them are enough.
+        slots = dict(list(slots.items())[:max_batches])
+    if not slots:
+        return []
+    # One read for all chosen domains: each domain's oldest rows, numbered per domain so that
+    # no domain brings more than its free slots can carry.
+    rank = Window(RowNumber(), partition_by=F("domain"), order_by=(F("next_attempt_at").asc(), F("id").asc()))
+    rows = (_due(now).filter(domain__in=list(slots)).annotate(rank=rank)
+            .filter(rank__lte=max(slots.values(), default=0) * size)
+            .order_by("domain", "rank").values_list("pk", "domain", "rank"))
+    per_domain: dict[str, list[int]] = {}
+    for pk, domain, n in rows:
+        if n <= slots[domain] * size:
+            per_domain.setdefault(domain, []).append(pk)
+    batches: list[list[int]] = []
+    for domain in slots:
+        ids = per_domain.get(domain, [])
+        batches += [ids[i:i + size] for i in range(0, len(ids), size)]
+    if max_batches:
+        batches = batches[:max_batches]
+    if not batches:
+        return []
+    lease_until = now + dt.timedelta(seconds=_setting("QUEUE_LEASE_SECONDS", 300))
+    tokens = [secrets.token_hex(12) for _ in batches]
+    owner = Case(*(When(pk__in=ids, then=Value(token)) for ids, token in zip(batches, tokens, strict=True)),
+                 default=Value(""))
+    # One UPDATE gives every batch its own token; it re-checks the conditions, and the tokens
+    # that got rows are read back in the same transaction.
+    with transaction.atomic():
+        got = QueuedRecipient.objects.filter(
+            pk__in=[pk for ids in batches for pk in ids], state__in=QueuedRecipient.PENDING_STATES,
+        ).filter(_lease_free(now)).update(lease_owner=owner, lease_until=lease_until)
+        if got == sum(map(len, batches)):
+            return tokens
+        held = set(QueuedRecipient.objects.filter(lease_owner__in=tokens).values_list("lease_owner", flat=True))
+    return [t for t in tokens if t in held]
 
 
-def take_over(token: str) -> tuple[str, list[QueuedRecipient]]:
-    """Move a batch from the claim token to this run's own token.
+def take_over(tokens: str | list[str]) -> tuple[str, list[QueuedRecipient]]:
+    """Move one or several claimed batches to this run's own token.
 
     If the broker delivers the same task twice, only the first run gets the rows; the second
     finds nothing to do. Rows whose lease ran out were not ours any more and are left alone.
+    Several batches (one task carries the batches of many domains) move in one UPDATE.
     """
     run = secrets.token_hex(12)
     now = timezone.now()
-    QueuedRecipient.objects.filter(lease_owner=token, lease_until__gt=now,
+    tokens = [tokens] if isinstance(tokens, str) else list(tokens)
+    QueuedRecipient.objects.filter(lease_owner__in=tokens, lease_until__gt=now,
                                    state__in=QueuedRecipient.PENDING_STATES).update(lease_owner=run)
     rows = list(QueuedRecipient.objects.select_related("message", "message__sender_domain")
-                .filter(lease_owner=run).order_by("message_id", "id"))
+                .filter(lease_owner=run).order_by("domain", "message_id", "id"))
     return run, rows
 
 
@@ -237,6 +285,37 @@ def record(run: str, rcpt: QueuedRecipient, outcome: Outcome) -> None:
                 QueuedRecipient.objects.filter(pk=rcpt.pk).update(dsn_sent=True)
         except Exception:
             log.exception("could not make a DSN for %s in %s", rcpt.address, rcpt.message.queue_id)
+
+
+def record_delivered(run: str, rcpts: list[QueuedRecipient], outcome: Outcome) -> None:
+    """The common case of `record`: every recipient of one message accepted with one reply.
+
+    One UPDATE and one multi-row log INSERT in one transaction, committed the moment the peer
+    answered the final dot, as `record` does row by row: the duplicate window stays one round
+    trip wide. No DSN, no suppression and no retry arithmetic apply to a delivery.
+    """
+    from .models import MessageLog
+
+    now = timezone.now()
+    reply = outcome.reply[:2000]
+    fields = {"state": State.DELIVERED, "attempts": F("attempts") + 1, "last_reply": reply,
+              "lease_owner": "", "lease_until": None, "delivered_at": now}
+    if outcome.tls_version:
+        fields["tls_version"] = outcome.tls_version
+    logs = [MessageLog(domain=r.message.sender_domain, direction=MessageLog.Direction.OUTBOUND,
+                       result=MessageLog.Result.DELIVERED, queue_id=r.message.queue_id,
+                       mail_from=r.message.sender, recipients=r.address, size=r.message.size,
+                       tls=outcome.tls_version, reply=reply)
+            for r in rcpts if r.message.sender_domain_id is not None]
+    with transaction.atomic():
+        QueuedRecipient.objects.filter(pk__in=[r.pk for r in rcpts], lease_owner=run).update(**fields)
+        if logs:
+            MessageLog.objects.bulk_create(logs)
+    for r in rcpts:
+        r.state, r.delivered_at, r.last_reply = State.DELIVERED, now, reply
+        r.attempts += 1
+        r.lease_owner, r.lease_until = "", None
+        r.tls_version = outcome.tls_version or r.tls_version
 
 
 def release(run: str, ids: list[int]) -> None:

@@ -23,9 +23,12 @@ import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from django.conf import settings
+from django.db.models.signals import post_delete, post_save
 
 from domains.models import DkimKey, Domain
 from mailhost.addresses import AddressError, parse_address
+
+from .short_cache import ShortCache
 
 # RFC 6376 section 5.4.1 recommendations plus the list headers of RFC 2369 and RFC 8058
 # (List-Unsubscribe-Post must be signed for one-click unsubscribe to count).
@@ -155,7 +158,44 @@ def signing_keys(domain: Domain) -> list[DkimKey]:
     return [keys[a] for a in (DkimKey.Algorithm.RSA2048, DkimKey.Algorithm.ED25519) if a in keys]
 
 
-def sign(data: bytes, known: Domain | None = None) -> bytes:
+# Every submitted message asked the database for its sender's Domain row and that domain's
+# active keys: two queries before 250 for an answer that changes a few times a year. They are
+# kept per process for SMTP_DIRECTORY_CACHE seconds, like the SMTP service's RCPT verdicts, and
+# dropped at once in this process when a Domain or a DkimKey is saved or deleted (an admin's
+# change in the web process reaches the SMTP service within those seconds). A rotated key
+# signing a few seconds longer is harmless: rotation keeps the retired key published.
+_hosted: ShortCache | None = None
+
+
+def _hosted_cache() -> ShortCache:
+    global _hosted
+    if _hosted is None:
+        _hosted = ShortCache(getattr(settings, "SMTP_DIRECTORY_CACHE", 5.0))
+    return _hosted
+
+
+def hosted_domain(name: str) -> tuple[Domain | None, list[DkimKey]]:
+    """The hosted Domain called `name` (active or not, None when not hosted) and, when it is
+    active, its signing keys."""
+    found = _hosted_cache().get(name)
+    if found is None:
+        domain = Domain.objects.filter(name=name).first()
+        found = (domain, signing_keys(domain) if domain is not None and domain.active else [])
+        _hosted_cache().put(name, found)
+    return found
+
+
+def forget_hosted_domains(**kwargs) -> None:
+    if _hosted is not None:
+        _hosted.clear()
+
+
+for _model in (Domain, DkimKey):
+    post_save.connect(forget_hosted_domains, sender=_model, dispatch_uid=f"signing-forget-{_model.__name__}-save")
+    post_delete.connect(forget_hosted_domains, sender=_model, dispatch_uid=f"signing-forget-{_model.__name__}-del")
+
+
+def sign(data: bytes) -> bytes:
     """Prepend DKIM signatures of the From: domain when it is hosted here and has active keys.
 
     `data` must already be prepared (CRLF). Mail whose From: is not ours is left as it is.
@@ -165,13 +205,8 @@ def sign(data: bytes, known: Domain | None = None) -> bytes:
     name = from_domain(data)
     if not name:
         return data
-    if known is not None and known.name == name and known.active:
-        domain = known  # the envelope sender's domain, already read by the caller: one query less
-    else:
-        domain = Domain.objects.filter(name=name, active=True).first()
-    if domain is None:
-        return data
+    _, keys = hosted_domain(name)
     out = data
-    for key in reversed(signing_keys(domain)):
+    for key in reversed(keys):
         out = signature_header(data, key) + out
     return out

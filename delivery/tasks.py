@@ -3,25 +3,38 @@
 No retry times live in the broker (no countdown/ETA: Redis redelivers long ETAs after the
 visibility timeout). `dispatch_due` runs from beat every QUEUE_SWEEP_INTERVAL seconds and on a
 kick after enqueue; it leases due rows per destination and sends one short `deliver` task per
-batch. A lost `deliver` message leaves a lease that runs out, and the next sweep claims the rows.
+QUEUE_BATCHES_PER_TASK batches. A lost `deliver` message leaves a lease that runs out, and the
+next sweep claims the rows.
 """
 
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 
 from . import outbound, queue
 
 
+def _batches_per_task() -> int:
+    return max(1, getattr(settings, "QUEUE_BATCHES_PER_TASK", 10))
+
+
 @shared_task(name="delivery.dispatch_due", ignore_result=True)
 def dispatch_due() -> int:
-    tokens = queue.claim_due()
-    for token in tokens:
-        deliver.apply_async((token,), ignore_result=True)
+    """Claim work for QUEUE_DISPATCH_TASKS deliver tasks; they drain whatever else is due, so a
+    sweep (every kick and beat tick) need not lease the whole queue itself."""
+    tasks = max(1, getattr(settings, "QUEUE_DISPATCH_TASKS", 4))
+    tokens = queue.claim_due(max_batches=tasks * _batches_per_task())
+    per_task = _batches_per_task()
+    for i in range(0, len(tokens), per_task):
+        deliver.apply_async((tokens[i:i + per_task],), ignore_result=True)
     return len(tokens)
 
 
 @shared_task(name="delivery.deliver", ignore_result=True)
-def deliver(token: str) -> None:
-    run, rows = queue.take_over(token)
+def deliver(tokens: str | list[str]) -> None:
+    """Deliver the claimed batches (a single token: a task queued before batches were grouped),
+    then keep delivering whatever else is due for up to QUEUE_DRAIN_SECONDS."""
+    run, rows = queue.take_over(tokens)
     outbound.deliver_batch(run, rows)
+    outbound.deliver_due(getattr(settings, "QUEUE_DRAIN_SECONDS", 10.0), _batches_per_task())

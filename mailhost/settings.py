@@ -123,9 +123,13 @@ QUEUE_SWEEP_INTERVAL = env.float("QUEUE_SWEEP_INTERVAL", default=5.0)
 QUEUE_LEASE_SECONDS = env.int("QUEUE_LEASE_SECONDS", default=300)
 QUEUE_BATCH_SIZE = env.int("QUEUE_BATCH_SIZE", default=100)
 QUEUE_DESTINATION_CONCURRENCY = env.int("QUEUE_DESTINATION_CONCURRENCY", default=5)
+QUEUE_BATCHES_PER_TASK = env.int("QUEUE_BATCHES_PER_TASK", default=10)  # claimed batches one deliver task carries
+QUEUE_DISPATCH_TASKS = env.int("QUEUE_DISPATCH_TASKS", default=4)  # deliver tasks a sweep sends at most
+QUEUE_DRAIN_SECONDS = env.float("QUEUE_DRAIN_SECONDS", default=10.0)  # a deliver task then keeps claiming this long
 SMTP_OUTBOUND_TIMEOUT = env.int("SMTP_OUTBOUND_TIMEOUT", default=60)
 SMTP_CONNECTION_CACHE_TIME = env.float("SMTP_CONNECTION_CACHE_TIME", default=2.0)  # reuse a finished connection
 MTA_STS_CA_FILE = env.str("MTA_STS_CA_FILE", default="")
+MTA_STS_RECHECK_SECONDS = env.float("MTA_STS_RECHECK_SECONDS", default=60.0)  # a worker reuses a policy answer
 MTA_STS_HTTPS_PORT = env.int("MTA_STS_HTTPS_PORT", default=443)
 SRS_SECRET = env.str("SRS_SECRET", default="")
 SRS_DOMAIN = env.str("SRS_DOMAIN", default="")

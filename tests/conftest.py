@@ -25,6 +25,17 @@ def mail_root(settings, tmp_path):
     return settings.MAIL_ROOT
 
 
+@pytest.fixture(autouse=True)
+def forget_remembered_domains():
+    """Domains and DKIM keys are remembered per process for a few seconds and forgotten when a
+    row is saved; a test's rolled-back rows send no signal, so start every test afresh."""
+    from delivery import signing
+    from mailboxes import directory
+
+    signing.forget_hosted_domains()
+    directory.forget_hosted_domains()
+
+
 @pytest.fixture
 def example_org(db):
     from domains.provisioning import create_domain

@@ -115,3 +115,13 @@ def test_testing_mode_still_delivers_without_tls(bob, dns_server, settings, ca):
         enqueue("bob@example.org", ["someone@secure.test"], MESSAGE)
         run_queue()
         assert len(sink.wait_for(1)) == 1 and not sink.messages[0].tls
+
+
+def test_the_delivery_path_reuses_a_policy_answer_until_the_recheck_time(bob, dns_server, settings, ca):
+    with publish(dns_server, settings, ca, ENFORCE):
+        assert mta_sts.policy_for_delivery("secure.test").policy_id == "20261122"
+        dns_server.zone("secure.test", "mta-sts IN A 127.0.0.1", '_mta-sts IN TXT "v=STSv1; id=2"')
+        assert mta_sts.policy_for_delivery("secure.test").policy_id == "20261122", "remembered"
+        settings.MTA_STS_RECHECK_SECONDS = 0
+        mta_sts.forget_recent()
+        assert mta_sts.policy_for_delivery("secure.test").policy_id == "2"

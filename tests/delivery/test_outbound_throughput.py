@@ -128,3 +128,63 @@ def test_a_new_alias_counts_for_a_session_once_its_remembered_answer_expires(bob
     create_alias("sales@example.org", ["bob@example.org"])
     monkeypatch.setattr(smtp_auth, "SEND_AS_CACHE_SECONDS", 0)
     assert identity.can_send_as("sales@example.org")
+
+
+def test_one_run_takes_over_the_batches_of_several_domains_and_delivers_them_all(bob, sink):
+    first = enqueue("bob@example.org", ["a@remote.test"], MESSAGE)
+    second = enqueue("bob@example.org", ["b@other.remote"], MESSAGE)
+    tokens = queue.claim_due()
+    assert len(tokens) == 2
+    run, rows = queue.take_over(tokens)
+    assert queue.take_over(tokens)[1] == [], "a duplicated task finds nothing"
+    outbound.deliver_batch(run, rows)
+    assert len(sink.wait_for(2)) == 2 and sink.handler.sessions == 1
+    assert {first.recipients.get().state, second.recipients.get().state} == {State.DELIVERED}
+
+
+def test_a_worker_keeps_delivering_what_is_due_until_nothing_is(bob, sink, settings):
+    settings.QUEUE_BATCH_SIZE = 1
+    messages = [enqueue("bob@example.org", [f"r{n}@remote.test"], MESSAGE) for n in range(3)]
+    assert outbound.deliver_due(seconds=30, batches=1) == 3
+    assert len(sink.wait_for(3)) == 3
+    assert all(m.recipients.get().state == State.DELIVERED and m.recipients.get().attempts == 1 for m in messages)
+    assert outbound.deliver_due(seconds=30, batches=1) == 0
+
+
+def test_a_message_accepted_for_several_recipients_is_recorded_in_one_go(bob, sink):
+    from delivery.models import MessageLog
+
+    message = enqueue("bob@example.org", ["a@remote.test", "b@remote.test"], MESSAGE)
+    [token] = queue.claim_due()
+    run, rows = queue.take_over(token)
+    outbound.deliver_batch(run, rows)
+    sink.wait_for(1)
+    assert [r.state for r in message.recipients.all()] == [State.DELIVERED] * 2
+    assert MessageLog.objects.filter(queue_id=message.queue_id, result="delivered").count() == 2
+
+
+def test_enqueue_reads_the_sender_domain_and_its_keys_once_then_remembers_them(bob, django_assert_num_queries):
+    enqueue("bob@example.org", ["a@remote.test"], MESSAGE)
+    with django_assert_num_queries(2):  # the message row and its recipient rows, nothing else
+        enqueue("bob@example.org", ["b@remote.test"], MESSAGE)
+
+
+def test_a_retired_key_stops_signing_at_once_in_the_process_that_retired_it(bob):
+    from delivery import signing
+
+    assert b"DKIM-Signature:" in bytes(enqueue("bob@example.org", ["a@remote.test"], MESSAGE).data)
+    bob.domain.active_dkim_key().retire()
+    assert signing.hosted_domain("example.org")[1] == [], "saving a key forgets the remembered keys"
+    assert b"DKIM-Signature:" not in bytes(enqueue("bob@example.org", ["b@remote.test"], MESSAGE).data)
+
+
+def test_a_short_sweep_serves_the_domain_whose_mail_waited_longest(bob):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    old = enqueue("bob@example.org", ["a@zz-last.test"], MESSAGE)
+    enqueue("bob@example.org", ["b@aa-first.test"], MESSAGE)
+    old.recipients.update(next_attempt_at=timezone.now() - dt.timedelta(minutes=5))
+    [token] = queue.claim_due(max_batches=1)
+    assert QueuedRecipient.objects.get(lease_owner=token).domain == "zz-last.test"

@@ -1,0 +1,14 @@
+"""Per-process memories of the delivery path must not carry one test's DNS into the next."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def fresh_mta_sts_answers():
+    from delivery import mta_sts
+
+    mta_sts.forget_recent()
+    yield
+    mta_sts.forget_recent()
