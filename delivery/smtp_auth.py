@@ -70,6 +70,13 @@ class Identity:
         self._send_as[key] = (now, allowed)
         return allowed
 
+    def remembered_send_as(self, address: str) -> bool | None:
+        """can_send_as without the database: the session's answer if it is fresh, else None."""
+        known = self._send_as.get(address.lower())
+        if known is not None and time.monotonic() - known[0] < SEND_AS_CACHE_SECONDS:
+            return known[1]
+        return None
+
     def _can_send_as(self, address: str) -> bool:
         if self.credential_id is not None:
             cred = RelayCredential.objects.select_related("mailbox__domain", "domain").filter(

@@ -128,8 +128,11 @@ def inbound_sender_reply(address: str) -> str:
     return replies.SENDER_OK
 
 
-def submission_sender_reply(address: str, identity) -> str:
-    """Submission MAIL FROM: only addresses the logged-in identity may send as; never <>."""
+def submission_sender_reply(address: str, identity, *, without_database: bool = False) -> str | None:
+    """Submission MAIL FROM: only addresses the logged-in identity may send as; never <>.
+
+    `without_database`: answer only if no query is needed (the session remembers the send-as
+    verdict), else None, so the event loop can skip a worker-thread round trip per message."""
     if identity is None:
         return replies.AUTH_REQUIRED
     if is_null_sender(address):
@@ -140,7 +143,10 @@ def submission_sender_reply(address: str, identity) -> str:
         parse_address(address)
     except AddressError:
         return replies.SENDER_NOT_ALLOWED
-    return replies.SENDER_OK if identity.can_send_as(address) else replies.SENDER_NOT_ALLOWED
+    allowed = identity.remembered_send_as(address) if without_database else identity.can_send_as(address)
+    if allowed is None:
+        return None
+    return replies.SENDER_OK if allowed else replies.SENDER_NOT_ALLOWED
 
 
 def header_block(data: bytes) -> bytes:

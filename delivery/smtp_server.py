@@ -102,7 +102,9 @@ class MailHandler:
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         if self.listener.submission:
-            reply = await thread(smtp_policy.submission_sender_reply, address, session.auth_data)
+            reply = smtp_policy.submission_sender_reply(address, session.auth_data, without_database=True)
+            if reply is None:
+                reply = await thread(smtp_policy.submission_sender_reply, address, session.auth_data)
         else:
             reply = smtp_policy.inbound_sender_reply(address)
         if reply == replies.SENDER_OK:

@@ -188,3 +188,17 @@ def test_a_short_sweep_serves_the_domain_whose_mail_waited_longest(bob):
     old.recipients.update(next_attempt_at=timezone.now() - dt.timedelta(minutes=5))
     [token] = queue.claim_due(max_batches=1)
     assert QueuedRecipient.objects.get(lease_owner=token).domain == "zz-last.test"
+
+
+def test_mail_from_is_answered_on_the_event_loop_only_from_the_sessions_remembered_verdict(bob, monkeypatch):
+    from delivery import replies, smtp_policy
+
+    identity = smtp_auth.Identity(login="bob@example.org", mailbox_id=bob.pk)
+    assert smtp_policy.submission_sender_reply("bob@example.org", identity, without_database=True) is None
+    assert smtp_policy.submission_sender_reply("boss@example.org", identity) == replies.SENDER_NOT_ALLOWED
+    assert smtp_policy.submission_sender_reply("bob@example.org", identity) == replies.SENDER_OK
+    for address, reply in (("bob@example.org", replies.SENDER_OK), ("Boss@example.org", replies.SENDER_NOT_ALLOWED),
+                           ("<>", replies.NULL_SENDER_NOT_ALLOWED)):
+        assert smtp_policy.submission_sender_reply(address, identity, without_database=True) == reply
+    monkeypatch.setattr(smtp_auth, "SEND_AS_CACHE_SECONDS", 0)
+    assert smtp_policy.submission_sender_reply("bob@example.org", identity, without_database=True) is None
