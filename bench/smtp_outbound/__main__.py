@@ -127,7 +127,8 @@ def run_load(port: int, total: int, domains: int, clients: int, login, sink: Cou
     return total / (end - started)
 
 
-def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int, concurrency: int) -> tuple:
+def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int, concurrency: int,
+                    processes: int = 1) -> tuple:
     env = dict(os.environ)
     # PostgreSQL when DATABASE_URL names it (the database is flushed first), else a fresh SQLite file.
     database = os.environ.get("DATABASE_URL", "")
@@ -149,8 +150,9 @@ def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int, concurr
                    cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     port = free_port()
     smtp = subprocess.Popen([py, "manage.py", "runsmtp", "--inbound", "off", "--submission", f"127.0.0.1:{port}",
-                             "--submissions", "off"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                             "--submissions", "off", "--processes", str(processes)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     worker = subprocess.Popen([py, "-m", "celery", "-A", "mailhost", "worker", "-B", f"--concurrency={concurrency}",
                                "--without-gossip", "--without-mingle", "--loglevel=WARNING",
                                "-s", str(workdir / "beat")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -249,6 +251,8 @@ def main() -> int:
     parser.add_argument("--domains", type=int, default=50)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="runsmtp --processes: submission service copies sharing the port (default: cores)")
     args = parser.parse_args()
     from tests.dns_server import LoopbackDns
 
@@ -266,7 +270,8 @@ def main() -> int:
         sink.controller.start()
         try:
             dns.restart()
-            env, smtp, worker, port = setup_mailhost(workdir, dns, sink, args.domains, args.concurrency)
+            env, smtp, worker, port = setup_mailhost(workdir, dns, sink, args.domains, args.concurrency,
+                                                       args.processes)
             procs += [smtp, worker]
             time.sleep(3)  # let the worker connect to the broker
             ours = run_load(port, args.messages, args.domains, args.clients, ("bob@example.org", "bench password 1"),
