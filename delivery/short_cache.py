@@ -13,12 +13,15 @@ from __future__ import annotations
 import threading
 import time
 
+from django.conf import settings
+from django.db.models.signals import post_delete, post_save
+
 _MISSING = object()
 
 
 class ShortCache:
     def __init__(self, seconds: float, max_entries: int = 10000):
-        self.seconds = seconds
+        self._seconds = seconds
         self.max_entries = max_entries
         self._entries: dict = {}
         self._lock = threading.Lock()
@@ -28,6 +31,10 @@ class ShortCache:
         if entry is _MISSING or entry[0] <= time.monotonic():
             return default
         return entry[1]
+
+    @property
+    def seconds(self) -> float:
+        return self._seconds
 
     def put(self, key, value) -> None:
         if self.seconds <= 0:
@@ -41,3 +48,23 @@ class ShortCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+class DirectoryCache(ShortCache):
+    """A ShortCache of SMTP_DIRECTORY_CACHE seconds (read when an entry is stored, so a changed
+    setting applies at once) that this process empties whenever a row of one of `models` is
+    saved or deleted; other processes see the change within the lifetime."""
+
+    def __init__(self, name: str, *models, max_entries: int = 10000):
+        super().__init__(0, max_entries)
+        for model in models:
+            for signal, event in ((post_save, "save"), (post_delete, "delete")):
+                signal.connect(self._forget, sender=model, weak=False,
+                               dispatch_uid=f"{name}-forget-{model.__name__}-{event}")
+
+    @property
+    def seconds(self) -> float:
+        return getattr(settings, "SMTP_DIRECTORY_CACHE", 5.0)
+
+    def _forget(self, **kwargs) -> None:
+        self.clear()

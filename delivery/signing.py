@@ -23,12 +23,11 @@ import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from django.conf import settings
-from django.db.models.signals import post_delete, post_save
 
 from domains.models import DkimKey, Domain
 from mailhost.addresses import AddressError, parse_address
 
-from .short_cache import ShortCache
+from .short_cache import DirectoryCache
 
 # RFC 6376 section 5.4.1 recommendations plus the list headers of RFC 2369 and RFC 8058
 # (List-Unsubscribe-Post must be signed for one-click unsubscribe to count).
@@ -164,35 +163,22 @@ def signing_keys(domain: Domain) -> list[DkimKey]:
 # dropped at once in this process when a Domain or a DkimKey is saved or deleted (an admin's
 # change in the web process reaches the SMTP service within those seconds). A rotated key
 # signing a few seconds longer is harmless: rotation keeps the retired key published.
-_hosted: ShortCache | None = None
-
-
-def _hosted_cache() -> ShortCache:
-    global _hosted
-    if _hosted is None:
-        _hosted = ShortCache(getattr(settings, "SMTP_DIRECTORY_CACHE", 5.0))
-    return _hosted
+_hosted = DirectoryCache("signing-hosted", Domain, DkimKey)
 
 
 def hosted_domain(name: str) -> tuple[Domain | None, list[DkimKey]]:
     """The hosted Domain called `name` (active or not, None when not hosted) and, when it is
     active, its signing keys."""
-    found = _hosted_cache().get(name)
+    found = _hosted.get(name)
     if found is None:
         domain = Domain.objects.filter(name=name).first()
         found = (domain, signing_keys(domain) if domain is not None and domain.active else [])
-        _hosted_cache().put(name, found)
+        _hosted.put(name, found)
     return found
 
 
-def forget_hosted_domains(**kwargs) -> None:
-    if _hosted is not None:
-        _hosted.clear()
-
-
-for _model in (Domain, DkimKey):
-    post_save.connect(forget_hosted_domains, sender=_model, dispatch_uid=f"signing-forget-{_model.__name__}-save")
-    post_delete.connect(forget_hosted_domains, sender=_model, dispatch_uid=f"signing-forget-{_model.__name__}-del")
+def forget_hosted_domains() -> None:
+    _hosted.clear()
 
 
 def sign(data: bytes) -> bytes:

@@ -13,13 +13,11 @@ from email.headerregistry import Address as HeaderAddress
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 
-from django.conf import settings
-
 from mailboxes.directory import Resolution, Verdict, hosted_domain_for, resolve
 from mailhost.addresses import AddressError, parse_address
 
 from . import replies
-from .short_cache import ShortCache
+from .short_cache import DirectoryCache
 
 _VERDICT_REPLIES = {
     Verdict.UNKNOWN_USER: replies.UNKNOWN_USER,
@@ -80,13 +78,10 @@ def rcpt_decision(address: str, *, authenticated: bool) -> RcptDecision:
     return RcptDecision(replies.RECIPIENT_OK, resolution, hosted_domain_id=domain_id)
 
 
-_rcpt_cache: ShortCache | None = None
+_rcpt_cache = DirectoryCache("rcpt-verdicts")
 
 
-def rcpt_cache() -> ShortCache:
-    global _rcpt_cache
-    if _rcpt_cache is None:
-        _rcpt_cache = ShortCache(settings.SMTP_DIRECTORY_CACHE)
+def rcpt_cache() -> DirectoryCache:
     return _rcpt_cache
 
 

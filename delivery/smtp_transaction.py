@@ -20,7 +20,7 @@ from mailhost.addresses import AddressError, parse_address
 
 from . import db_writes, replies, sender_checks, smtp_policy
 from .models import MessageLog, QueuedMessage, new_queue_id
-from .short_cache import ShortCache
+from .short_cache import DirectoryCache
 from .storage import OverQuota, store_message
 
 log = logging.getLogger("mailhost.smtp")
@@ -154,19 +154,16 @@ def record(tx: Transaction) -> None:
     db_writes.insert(rows)
 
 
-_domain_ids: ShortCache | None = None
+_domain_ids = DirectoryCache("sender-domain-ids", Domain)
 
 
 def _hosted_domain_id(address: str) -> int | None:
-    global _domain_ids
     if not address:
         return None
     try:
         name = parse_address(address).domain
     except AddressError:
         return None
-    if _domain_ids is None:
-        _domain_ids = ShortCache(settings.SMTP_DIRECTORY_CACHE)
     found = _domain_ids.get(name, default=False)
     if found is False:
         found = Domain.objects.filter(name=name).values_list("pk", flat=True).first()

@@ -11,11 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from django.conf import settings
-from django.db.models.signals import post_delete, post_save
-
 from delivery import srs
-from delivery.short_cache import ShortCache
+from delivery.short_cache import DirectoryCache
 from domains.models import Domain, DomainAlias
 from mailhost.addresses import AddressError, parse_address
 
@@ -49,14 +46,11 @@ class Resolution:
 # more rarely than mailboxes do. Kept per domain name for those same seconds, and forgotten at
 # once in this process when a Domain or DomainAlias is saved or deleted; another process (the
 # web app suspending a domain) reaches the SMTP service within those seconds, as for RCPT.
-_hosted: ShortCache | None = None
+_hosted = DirectoryCache("directory-hosted", Domain, DomainAlias)
 _NOT_KNOWN = object()
 
 
 def hosted_domain_for(name: str) -> Domain | None:
-    global _hosted
-    if _hosted is None:
-        _hosted = ShortCache(getattr(settings, "SMTP_DIRECTORY_CACHE", 5.0))
     domain = _hosted.get(name, _NOT_KNOWN)
     if domain is _NOT_KNOWN:
         domain = Domain.objects.filter(name=name).first()
@@ -67,14 +61,8 @@ def hosted_domain_for(name: str) -> Domain | None:
     return domain
 
 
-def forget_hosted_domains(**kwargs) -> None:
-    if _hosted is not None:
-        _hosted.clear()
-
-
-for _model in (Domain, DomainAlias):
-    post_save.connect(forget_hosted_domains, sender=_model, dispatch_uid=f"directory-forget-{_model.__name__}-save")
-    post_delete.connect(forget_hosted_domains, sender=_model, dispatch_uid=f"directory-forget-{_model.__name__}-del")
+def forget_hosted_domains() -> None:
+    _hosted.clear()
 
 
 def is_hosted(name: str) -> bool:
