@@ -70,6 +70,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # Web, SMTP service and worker share one file: WAL and IMMEDIATE transactions keep
     # concurrent writers from failing with "database is locked" (FIELD-NOTES).
+    # mailhost.sqlite3: Django's backend with writers queueing on a lock file instead of
+    # sleeping in SQLite's busy handler.
+    _db["ENGINE"] = "mailhost.sqlite3"
     _db.setdefault("OPTIONS", {})
     _db["OPTIONS"].update(
         {

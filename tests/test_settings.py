@@ -38,7 +38,7 @@ def test_defaults_need_no_server_and_are_relative_to_the_project(tmp_path):
     result = load(tmp_path)
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
-    assert got["engine"] == "django.db.backends.sqlite3"
+    assert got["engine"] == "mailhost.sqlite3"
     assert got["name"] == str(ROOT / "var" / "db.sqlite3")
     assert got["mail_root"] == str(ROOT / "var" / "mail")
     assert got["broker"] == "filesystem://"
