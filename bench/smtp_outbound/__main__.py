@@ -231,9 +231,14 @@ print(ours, (time.perf_counter() - t) / 30 * 1000)
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None and proc.args[0].endswith("/master"):
-        proc.terminate()  # master stops its own children
-        proc.wait(timeout=30)
+    if proc.poll() is None and proc.args[0].endswith(("/master", "/dovecot")):
+        proc.terminate()  # Postfix's and Dovecot's masters stop their own children
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # their children exit when the master's pipes close
+            proc.wait(timeout=10)
+        return
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
