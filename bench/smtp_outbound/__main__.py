@@ -5,7 +5,10 @@
 mailhost: authenticated submission (runsmtp --submission, STARTTLS + AUTH PLAIN) -> queue rows
 -> Celery worker with beat (DKIM-signed at enqueue, MX looked up in a loopback nsd serving 50
 domains) -> an aiosmtpd sink on 127.0.0.2. Postfix: a private instance (own config and queue
-under a temp dir) accepting the same messages from 127.0.0.1 and relaying them to the same sink.
+under a temp dir) as a submission service the way Debian deploys one: STARTTLS with a self-signed
+pair, SASL AUTH through a private Dovecot's auth service (a socket in Postfix's queue directory,
+which Debian's chrooted smtpd reaches as private/auth), relaying only for authenticated clients to
+the same sink. Both peers get the same client conversation: STARTTLS, AUTH PLAIN as bob, then mail.
 msg/s counts from the first submission to the last message received by the sink. Then the DKIM
 RSA signing cost: mailhost's (OpenSSL through `cryptography`) vs dkimpy's pure-Python RSA.
 Everything stays on loopback; every loop is bounded by count and time.
@@ -29,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 TIME_LIMIT = 900
+LOGIN = ("bob@example.org", "bench password 1")  # both peers' submission login
 
 
 def free_port() -> int:
@@ -146,7 +150,7 @@ def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int, concurr
         subprocess.run([py, "manage.py", "flush", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
     subprocess.run([py, "manage.py", "createdomain", "example.org"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    subprocess.run([py, "manage.py", "createmailbox", "bob@example.org", "--password", "bench password 1"],
+    subprocess.run([py, "manage.py", "createmailbox", LOGIN[0], "--password", LOGIN[1]],
                    cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     port = free_port()
     smtp = subprocess.Popen([py, "manage.py", "runsmtp", "--inbound", "off", "--submission", f"127.0.0.1:{port}",
@@ -161,16 +165,81 @@ def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int, concurr
     return env, smtp, worker, port
 
 
-def setup_postfix(workdir: Path, sink: CountingSink) -> tuple[subprocess.Popen, int]:
-    """A private Postfix master with its own config and queue, relaying everything to the sink."""
+def start_dovecot_auth(workdir: Path, socket: Path) -> subprocess.Popen:
+    """A private Dovecot running only its auth service, listening for Postfix on `socket`.
+
+    Its own config, base_dir, state_dir and log under `workdir`; no mail protocols. The passdb is a
+    passwd-file holding the bench's one login. The socket belongs to the postfix user (mode 0660),
+    as in the Postfix example of Dovecot's 10-master.conf.
+    """
+    base = workdir / "dovecot"
+    base.mkdir()
+    users = base / "users"
+    users.write_text(f"{LOGIN[0]}:{{PLAIN}}{LOGIN[1]}\n")
+    users.chmod(0o640)
+    shutil.chown(users, group="dovecot")  # read by the auth process, which runs as dovecot
+    conf = base / "dovecot.conf"
+    conf.write_text(f"""\
+instance_name = bench-{base.parent.name}
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+protocols =
+# TLS is Postfix's (smtpd_tls_auth_only): this Dovecot only answers on the socket below.
+ssl = no
+auth_mechanisms = plain
+passdb {{
+  driver = passwd-file
+  args = {users}
+}}
+userdb {{
+  driver = static
+  args = uid=postfix gid=postfix home=/nonexistent
+}}
+service auth {{
+  unix_listener {socket} {{
+    mode = 0660
+    user = postfix
+    group = postfix
+  }}
+}}
+""")
+    with open(base / "stderr.log", "wb") as err:
+        proc = subprocess.Popen([shutil.which("dovecot") or "/usr/sbin/dovecot", "-F", "-c", str(conf)],
+                                stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not socket.is_socket():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            logs = "".join(p.read_text(errors="replace") for p in (base / "stderr.log", base / "dovecot.log")
+                           if p.exists())
+            state = f"exited ({proc.returncode})" if proc.poll() is not None else f"made no {socket}"
+            stop(proc)  # not yet in the caller's list
+            raise RuntimeError(f"dovecot {state}: {logs[-1500:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def setup_postfix(workdir: Path, sink: CountingSink, procs: list) -> tuple[subprocess.Popen, subprocess.Popen, int]:
+    """A private Postfix submission service (STARTTLS, Dovecot SASL) relaying everything to the sink.
+
+    Returns (dovecot, master, port). Each process is appended to `procs` as soon as it runs, so the
+    caller's cleanup stops it even when a later step fails.
+    """
     conf = workdir / "postfix"
     conf.mkdir()
+    queue = workdir / "postfix-queue"
     port = free_port()
     shutil.copy("/etc/postfix/master.cf", conf / "master.cf")
+    # Debian's smtp line as is, chroot included: smtpd finds Dovecot at private/auth in the queue directory.
     master = (conf / "master.cf").read_text().replace("smtp      inet", f"127.0.0.1:{port}      inet", 1)
     (conf / "master.cf").write_text(master)
+    tls = workdir / "postfix-tls"
+    # The same kind of pair mailhost makes for itself (EC P-256, self-signed), read by smtpd before its chroot.
+    from delivery.tls import make_self_signed
+
+    make_self_signed("postfix.bench", tls / "cert.pem", tls / "key.pem")
     (conf / "main.cf").write_text(f"""
-queue_directory = {workdir}/postfix-queue
+queue_directory = {queue}
 data_directory = {workdir}/postfix-data
 mail_owner = postfix
 setgid_group = postdrop
@@ -178,30 +247,43 @@ inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 myhostname = postfix.bench
 mydestination =
-mynetworks = 127.0.0.0/8
+# Nobody relays by address: the bench's clients come from 127.0.0.1 and must authenticate.
+mynetworks =
 relayhost = [127.0.0.2]:{sink.port}
 smtp_tls_security_level = none
-smtpd_tls_security_level = none
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = {tls}/cert.pem
+smtpd_tls_key_file = {tls}/key.pem
+smtpd_tls_auth_only = yes
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = private/auth
+smtpd_relay_restrictions = permit_sasl_authenticated, reject
 maillog_file_prefixes = {workdir}
 maillog_file = {workdir}/postfix.log
 compatibility_level = 3.6
 default_destination_concurrency_limit = 20
-smtpd_relay_restrictions = permit_mynetworks, reject
 """)
-    for d in ("postfix-queue", "postfix-data"):
-        (workdir / d).mkdir(exist_ok=True)
+    for d in (queue, workdir / "postfix-data"):
+        d.mkdir(exist_ok=True)
     shutil.chown(workdir / "postfix-data", "postfix")
     subprocess.run(["postfix", "-c", str(conf), "set-permissions"], capture_output=True)
+    private = queue / "private"
+    private.mkdir(mode=0o700, exist_ok=True)
+    shutil.chown(private, "postfix")
+    dovecot = start_dovecot_auth(workdir, private / "auth")
+    procs.append(dovecot)
     # Not in a new session: master makes its own process group and refuses to be a leader already.
     proc = subprocess.Popen(["/usr/lib/postfix/sbin/master", "-d", "-c", str(conf)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    procs.append(proc)
     try:
         wait_port(port, proc)
     except RuntimeError:
         log = workdir / "postfix.log"
         detail = log.read_text()[-1500:] if log.exists() else proc.stderr.read().decode()[-1500:]
         raise RuntimeError(f"postfix master failed: {detail}") from None
-    return proc, port
+    return dovecot, proc, port
 
 
 def dkim_speed(env: dict) -> tuple[float, float]:
@@ -279,15 +361,14 @@ def main() -> int:
                                                        args.processes)
             procs += [smtp, worker]
             time.sleep(3)  # let the worker connect to the broker
-            ours = run_load(port, args.messages, args.domains, args.clients, ("bob@example.org", "bench password 1"),
-                            sink)
+            ours = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink)
             sample = sink.sample
             for p in (smtp, worker):
                 stop(p)
-            postfix, pport = setup_postfix(workdir, sink)
-            procs.append(postfix)
-            theirs = run_load(pport, args.messages, args.domains, args.clients, None, sink)
-            stop(postfix)
+            dovecot, postfix, pport = setup_postfix(workdir, sink, procs)
+            theirs = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink)
+            for p in (postfix, dovecot):
+                stop(p)
             sign_ours, sign_pure = dkim_speed(env)
         finally:
             for p in procs:
@@ -297,8 +378,8 @@ def main() -> int:
     print(f"messages: {args.messages} to {args.domains} domains, {args.clients} submitting clients; "
           f"database {env['DATABASE_URL'].split(':')[0]}, broker {env['CELERY_BROKER_URL'].split(':')[0]}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"mailhost (submission+AUTH, DKIM, Celery, MX via DNS): {ours:8.1f} msg/s")
-    print(f"postfix  (relaying the same load to the same sink):   {theirs:8.1f} msg/s")
+    print(f"mailhost (submission+AUTH, DKIM, Celery, MX via DNS):                  {ours:8.1f} msg/s")
+    print(f"postfix  (submission+AUTH via Dovecot SASL, relaying to the same sink): {theirs:8.1f} msg/s")
     print(f"ratio mailhost/postfix: {ours / theirs:.2f}")
     print(f"DKIM RSA-2048 signature: {sign_ours:.2f} ms (OpenSSL) vs {sign_pure:.2f} ms (dkimpy pure Python), "
           f"{sign_pure / sign_ours:.1f}x faster")
