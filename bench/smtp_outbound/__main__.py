@@ -110,11 +110,13 @@ def submit(port: int, indices: list[int], domains: int, login: tuple[str, str] |
         errors.append(exc)
 
 
-def run_load(port: int, total: int, domains: int, clients: int, login, sink: CountingSink) -> float:
+def run_load(port: int, total: int, domains: int, clients: int, login, sink: CountingSink) -> tuple[float, float]:
+    """(msg/s, CPU ms per message of the whole box) for one peer."""
     start_count = sink.count
     errors: list = []
     chunks = [list(range(i, total, clients)) for i in range(clients)]
     started = time.monotonic()
+    box = box_cpu_seconds()
     threads = [threading.Thread(target=submit, args=(port, c, domains, login, errors)) for c in chunks]
     for t in threads:
         t.start()
@@ -128,7 +130,31 @@ def run_load(port: int, total: int, domains: int, clients: int, login, sink: Cou
     end = sink.wait(start_count + total, TIME_LIMIT)
     if sink.count - start_count < total:
         raise RuntimeError(f"only {sink.count - start_count} of {total} messages arrived in time")
-    return total / (end - started)
+    cpu_ms = (box_cpu_seconds() - box) * 1000 / total
+    return total / (end - started), cpu_ms
+
+
+def box_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy (all processes, both peers' and the bench's own)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time of the live processes of one process group (a service and the children it forked)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int, concurrency: int,
@@ -361,12 +387,15 @@ def main() -> int:
                                                        args.processes)
             procs += [smtp, worker]
             time.sleep(3)  # let the worker connect to the broker
-            ours = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink)
+            before = group_cpu_seconds(smtp.pid), group_cpu_seconds(worker.pid)
+            ours, our_cpu = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink)
+            service_cpu = [(group_cpu_seconds(p.pid) - b) * 1000 / args.messages
+                           for p, b in zip((smtp, worker), before, strict=True)]
             sample = sink.sample
             for p in (smtp, worker):
                 stop(p)
             dovecot, postfix, pport = setup_postfix(workdir, sink, procs)
-            theirs = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink)
+            theirs, their_cpu = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink)
             for p in (postfix, dovecot):
                 stop(p)
             sign_ours, sign_pure = dkim_speed(env)
@@ -381,6 +410,9 @@ def main() -> int:
     print(f"mailhost (submission+AUTH, DKIM, Celery, MX via DNS):                  {ours:8.1f} msg/s")
     print(f"postfix  (submission+AUTH via Dovecot SASL, relaying to the same sink): {theirs:8.1f} msg/s")
     print(f"ratio mailhost/postfix: {ours / theirs:.2f}")
+    # msg/s swings with whatever else runs on the box; CPU per message does much less.
+    print(f"CPU ms/message, whole box: mailhost {our_cpu:.2f} (runsmtp {service_cpu[0]:.2f}, worker "
+          f"{service_cpu[1]:.2f}, the rest is this bench's clients and sink), postfix {their_cpu:.2f}")
     print(f"DKIM RSA-2048 signature: {sign_ours:.2f} ms (OpenSSL) vs {sign_pure:.2f} ms (dkimpy pure Python), "
           f"{sign_pure / sign_ours:.1f}x faster")
     print("sample signed:", sample.startswith(b"DKIM-Signature:"))
