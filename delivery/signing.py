@@ -23,6 +23,7 @@ import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from django.conf import settings
+from dkim import canonicalization
 
 from domains.models import DkimKey, Domain
 from mailhost.addresses import AddressError, parse_address
@@ -122,7 +123,7 @@ def signature_header(data: bytes, key: DkimKey) -> bytes:
     if b"from" not in include:
         raise ValueError("a message without From: cannot be DKIM-signed")
     algorithm = b"ed25519-sha256" if key.algorithm == DkimKey.Algorithm.ED25519 else b"rsa-sha256"
-    body_hash = base64.b64encode(hashlib.sha256(canon.canonicalize_body(body)).digest())
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
     domain = key.domain.name.encode()
     fields = [
         (b"v", b"1"), (b"a", algorithm), (b"c", b"relaxed/relaxed"), (b"d", domain),
@@ -137,6 +138,19 @@ def signature_header(data: bytes, key: DkimKey) -> bytes:
     signature = base64.b64encode(_raw_sign(key, bytes(collected.data)))
     folded_b = b"\r\n\t".join(signature[i:i + 72] for i in range(0, len(signature), 72))
     return b"DKIM-Signature: " + value + folded_b + b"\r\n"
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The relaxed body canonicalization of RFC 6376 3.4.4, exactly as dkimpy computes it.
+
+    dkimpy runs two regular expressions over every body (tabs and runs of spaces to one space,
+    spaces before a line end dropped): a tenth of a millisecond per message, more than anything
+    else the signer does in Python. Ordinary text has no tab, no double space and no space
+    before a line end, and for it both passes change nothing, so they are skipped.
+    """
+    if b"\t" in body or b"  " in body or b" \r\n" in body:
+        return dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed").canonicalize_body(body)
+    return canonicalization.correct_empty_body(canonicalization.strip_trailing_lines(body))
 
 
 class _Collect:

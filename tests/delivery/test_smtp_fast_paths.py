@@ -1,12 +1,14 @@
 """The SMTP service reads the common shapes of MAIL/RCPT paths and From: headers without the
-email package's parser. Those shortcuts must give exactly the parser's answer, or defer to it."""
+email package's parser, and the signer canonicalizes ordinary bodies without dkimpy's regular
+expressions. Those shortcuts must give exactly the slow path's answer, or defer to it."""
 
+import dkim
 import pytest
 from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delivery import smtp_policy
+from delivery import signing, smtp_policy
 from delivery.smtp_server import MailSMTP
 
 
@@ -99,3 +101,21 @@ def test_any_header_text_reads_as_the_email_package_reads_it(parts):
     data = b"".join(parts) + b"\r\n\r\nbody"
     block = smtp_policy.header_block(data)
     assert smtp_policy.header_sender_addresses(data) == smtp_policy._parsed_sender_addresses(block)
+
+
+BODY_PIECES = [b"a", b"word", b" ", b"  ", b"\t", b"\r\n", b"\r", b"\n", b".", b"\r\n\r\n"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(BODY_PIECES), max_size=40))
+def test_the_dkim_body_canonicalization_is_dkimpys_for_any_body(pieces):
+    body = b"".join(pieces)
+    relaxed = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    assert signing.relaxed_body(body) == relaxed.canonicalize_body(body)
+
+
+@pytest.mark.parametrize("body", [b"", b"\r\n", b"text\r\n", b"text\r\n\r\n\r\n", b"two  spaces\r\n",
+                                  b"trailing \r\n", b"tab\there\r\n", b"no line end", b"end space "])
+def test_the_dkim_body_canonicalization_handles_the_edges_as_dkimpy_does(body):
+    relaxed = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    assert signing.relaxed_body(body) == relaxed.canonicalize_body(body)
