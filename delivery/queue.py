@@ -40,12 +40,13 @@ def _setting(name: str, default):
 
 def enqueue(sender: str, recipients: list[str], data: bytes, *,
             source: str = QueuedMessage.Source.SUBMISSION, auth_user: str = "",
-            original_recipients: dict[str, str] | None = None) -> QueuedMessage:
+            original_recipients: dict[str, str] | None = None, prepared: bool = False) -> QueuedMessage:
     """Store one message and a row per recipient in one transaction.
 
     `data` is stored exactly as it will be sent: our own mail (every source but INBOUND) is
     prepared and DKIM-signed here, once; forwarded mail keeps its bytes and the original
     signatures, and gets an SRS envelope sender so SPF still passes at the next hop.
+    `prepared`: the caller already ran `signing.prepare` on `data`.
     """
     from . import db_writes, signing, srs
 
@@ -54,7 +55,7 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
         sender = srs.forward(sender)
     sender_domain = signing.hosted_domain(parse_address(sender).domain)[0] if sender else None
     if source != QueuedMessage.Source.INBOUND:
-        data = signing.sign(signing.prepare(data))
+        data = signing.sign(data if prepared else signing.prepare(data))
     addresses = [(rcpt, parse_address(rcpt).domain) for rcpt in dict.fromkeys(recipients)]
 
     message = QueuedMessage(sender=sender, data=data, size=len(data), source=source, auth_user=auth_user,

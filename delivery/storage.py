@@ -59,7 +59,8 @@ def store_message(sender: str, mailboxes: list[Mailbox], remote: list[str], data
     for mailbox in dict.fromkeys(mailboxes):
         stored.local_paths[mailbox.address] = deliver_local(mailbox, data)
     if remote:
-        stored.queued = enqueue(sender, list(remote), data, source=source, auth_user=auth_user)
+        stored.queued = enqueue(sender, list(remote), data, source=source, auth_user=auth_user,
+                                prepared=source in PREPARED_SOURCES)
     if source in AUTOREPLY_SOURCES:
         _autoreplies(sender, mailboxes, data)
     return stored
