@@ -11,6 +11,7 @@ window in which a crash can duplicate a message is one round trip wide — the l
 from __future__ import annotations
 
 import logging
+import secrets
 import smtplib
 import ssl
 import time
@@ -20,7 +21,7 @@ from django.conf import settings
 
 from . import mta_sts, routing
 from .models import QueuedRecipient, Suppression
-from .queue import Outcome, claim_due, record, record_delivered, start_attempt, take_over
+from .queue import Outcome, claim_due, record, record_delivered, rows_of, start_attempt
 
 log = logging.getLogger(__name__)
 
@@ -182,19 +183,20 @@ def park(conn: Connection, relay: bool) -> None:
     _idle[key] = (time.monotonic(), conn)
 
 
-def deliver_batch(run: str, rows: list[QueuedRecipient]) -> None:
+def deliver_batch(run: str, rows: list[QueuedRecipient], *, marked: bool = False) -> None:
     """Deliver leased rows, domain by domain; every row gets an outcome or its lease runs out.
 
     The rows may span many domains (a task carries several claimed batches). All of them are
     marked in flight in one statement, and a connection that just delivered one domain's mail
     goes straight on to the next domain on the same MX host, as it would to the next message:
-    only connections parked between runs are probed with RSET.
+    only connections parked between runs are probed with RSET. `marked`: the claim already
+    marked the rows in flight for this run (`claim_due(run=...)`).
     """
     rows = _drop_suppressed(run, rows)
     by_domain: OrderedDict[str, list[QueuedRecipient]] = OrderedDict()
     for r in rows:
         by_domain.setdefault(r.domain, []).append(r)
-    in_flight = _InFlight(run, [r.pk for r in rows])
+    in_flight = _InFlight(run, [r.pk for r in rows], marked=marked)
     held: dict[tuple, Connection] = {}
     try:
         for domain, domain_rows in by_domain.items():
@@ -215,11 +217,12 @@ def deliver_due(seconds: float, batches: int) -> int:
     deadline = time.monotonic() + seconds
     done = 0
     while time.monotonic() < deadline:
-        tokens = claim_due(max_batches=batches)
+        run = secrets.token_hex(12)
+        tokens = claim_due(max_batches=batches, run=run)
         if not tokens:
             break
-        run, rows = take_over(tokens)
-        deliver_batch(run, rows)
+        rows = rows_of(run)
+        deliver_batch(run, rows, marked=True)
         done += len(tokens)
         if len(tokens) < batches or len(rows) < DRAIN_GATHER_ROWS:
             # The queue is (nearly) drained: let a little mail gather rather than pay a whole
@@ -294,11 +297,11 @@ class _InFlight:
     finished (the same task run twice) gets none back and sends nothing.
     """
 
-    def __init__(self, run: str, ids: list[int]):
+    def __init__(self, run: str, ids: list[int], marked: bool = False):
         self.run = run
         self.all_ids = ids
-        self.marked_at: float | None = None
-        self.ids: set[int] = set()
+        self.marked_at: float | None = time.monotonic() if marked else None
+        self.ids: set[int] = set(ids) if marked else set()
 
     def ours(self) -> set[int]:
         renew_after = getattr(settings, "QUEUE_LEASE_SECONDS", 300) / 10

@@ -145,7 +145,8 @@ def _claim(domain: str, now: dt.datetime, size: int) -> tuple[str | None, int]:
     return (token if got else None), got
 
 
-def claim_due(now: dt.datetime | None = None, max_batches: int | None = None) -> list[str]:
+def claim_due(now: dt.datetime | None = None, max_batches: int | None = None, *,
+              run: str | None = None) -> list[str]:
     """Lease due rows per destination, at most QUEUE_DESTINATION_CONCURRENCY batches per domain.
 
     The candidates are read without a transaction (WAL readers take no lock) and every batch is
@@ -154,6 +155,11 @@ def claim_due(now: dt.datetime | None = None, max_batches: int | None = None) ->
     UPDATE re-checks that its rows are due and unleased, so a concurrent claimer that got there
     first simply leaves a batch shorter (or empty) — on both engines. `max_batches` stops the
     sweep early (a worker draining the queue takes a few batches at a time).
+
+    With `run` (a worker about to deliver what it claims) every batch goes to that run's own
+    token and is marked in flight in the same UPDATE: what `take_over` and `start_attempt`
+    would do next, without two more writes of every row. The list still has an entry (`run`)
+    per batch claimed.
     """
     now = now or timezone.now()
     limit = _setting("QUEUE_DESTINATION_CONCURRENCY", 5)
@@ -190,15 +196,18 @@ def claim_due(now: dt.datetime | None = None, max_batches: int | None = None) ->
     if not batches:
         return []
     lease_until = now + dt.timedelta(seconds=_setting("QUEUE_LEASE_SECONDS", 300))
-    tokens = [secrets.token_hex(12) for _ in batches]
-    owner = Case(*(When(pk__in=ids, then=Value(token)) for ids, token in zip(batches, tokens, strict=True)),
-                 default=Value(""))
+    if run:
+        tokens, owner, more = [run] * len(batches), Value(run), {"state": State.IN_FLIGHT}
+    else:
+        tokens, more = [secrets.token_hex(12) for _ in batches], {}
+        owner = Case(*(When(pk__in=ids, then=Value(token)) for ids, token in zip(batches, tokens, strict=True)),
+                     default=Value(""))
     # One UPDATE gives every batch its own token; it re-checks the conditions, and the tokens
     # that got rows are read back in the same transaction.
     with transaction.atomic():
         got = QueuedRecipient.objects.filter(
             pk__in=[pk for ids in batches for pk in ids], state__in=QueuedRecipient.PENDING_STATES,
-        ).filter(_lease_free(now)).update(lease_owner=owner, lease_until=lease_until)
+        ).filter(_lease_free(now)).update(lease_owner=owner, lease_until=lease_until, **more)
         if got == sum(map(len, batches)):
             return tokens
         held = set(QueuedRecipient.objects.filter(lease_owner__in=tokens).values_list("lease_owner", flat=True))
@@ -217,9 +226,13 @@ def take_over(tokens: str | list[str]) -> tuple[str, list[QueuedRecipient]]:
     tokens = [tokens] if isinstance(tokens, str) else list(tokens)
     QueuedRecipient.objects.filter(lease_owner__in=tokens, lease_until__gt=now,
                                    state__in=QueuedRecipient.PENDING_STATES).update(lease_owner=run)
-    rows = list(QueuedRecipient.objects.select_related("message", "message__sender_domain")
+    return run, rows_of(run)
+
+
+def rows_of(run: str) -> list[QueuedRecipient]:
+    """The rows a run holds, with their messages, in delivery order."""
+    return list(QueuedRecipient.objects.select_related("message", "message__sender_domain")
                 .filter(lease_owner=run).order_by("domain", "message_id", "id"))
-    return run, rows
 
 
 def start_attempt(run: str, ids: list[int]) -> list[int]:
