@@ -24,6 +24,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 from collections import defaultdict
 from concurrent.futures import Future
 from contextlib import nullcontext
@@ -151,6 +152,24 @@ def _executemany(sql: str, params: list) -> None:
         cursor.executemany(sql, params)
 
 
+_last_check = threading.local()
+
+
+def refresh_connection() -> None:
+    """Django's per-request connection upkeep for a long-lived service thread, once a second.
+
+    close_old_connections() drops a connection that broke or outlived CONN_MAX_AGE, and with
+    CONN_HEALTH_CHECKS it also makes the next query ask `SELECT 1` first. Called before every
+    SMTP command's database work and every group commit, that was 1.3 extra round trips per
+    message on PostgreSQL. Now it runs at once after a database error (so a restarted database
+    still costs one failed transaction, not every one) and otherwise once a second per thread.
+    """
+    now = time.monotonic()
+    if connection.connection is None or connection.errors_occurred or now - getattr(_last_check, "at", 0.0) >= 1:
+        close_old_connections()
+        _last_check.at = now
+
+
 def run(fn, *args, **kwargs):
     """fn(*args, **kwargs) committed before this returns; its result, or its exception."""
     return _submit(_Call(fn, args, kwargs), wait=True)
@@ -209,7 +228,7 @@ class Writer(threading.Thread):
 
     @staticmethod
     def _commit(items: list) -> None:
-        close_old_connections()
+        refresh_connection()
         deltas: dict[int, int] = defaultdict(int)
         inserts: dict[type, list] = defaultdict(list)
         results = {}
@@ -231,6 +250,7 @@ class Writer(threading.Thread):
         except Exception:
             # One failing write must not fail its neighbours: retry each in its own transaction.
             log.warning("batched write failed; retrying %d writes one by one", len(items), exc_info=True)
+            refresh_connection()  # a broken connection is dropped here, not reused for every retry
             for op, future in items:
                 try:
                     with transaction.atomic():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import connections
 
 from . import db_writes, replies, sender_checks, smtp_auth, smtp_policy, smtp_transaction, tls
 
@@ -79,7 +79,7 @@ def thread(fn, *args, **kwargs):
 def _with_fresh_connection(fn, *args, **kwargs):
     # Worker threads keep their connection like a request would: dropped when broken or older
     # than CONN_MAX_AGE, so a database restart costs one failed transaction, not every one.
-    close_old_connections()
+    db_writes.refresh_connection()
     return fn(*args, **kwargs)
 
 

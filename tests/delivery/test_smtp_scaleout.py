@@ -9,6 +9,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -86,6 +87,31 @@ def test_batched_writes_are_committed_when_run_returns_and_a_failing_one_fails_a
         db_writes.stop()
     assert len(rows) == 40
     assert sorted(MessageLog.objects.values_list("queue_id", flat=True)) == sorted(f"Q{n}" for n in range(40))
+
+
+def test_a_service_thread_checks_its_database_connection_once_a_second_not_per_command(db, monkeypatch):
+    checks = []
+    monkeypatch.setattr(db_writes, "close_old_connections", lambda: checks.append(1))
+    monkeypatch.setattr(db_writes, "_last_check", threading.local())
+    Mailbox.objects.exists()  # the thread has a connection
+    for _ in range(100):
+        db_writes.refresh_connection()
+    assert len(checks) == 1
+    db_writes._last_check.at -= 1.5
+    db_writes.refresh_connection()
+    assert len(checks) == 2
+
+
+def test_after_a_database_error_a_service_thread_gets_a_fresh_connection_at_once(transactional_db):
+    from django.db import DatabaseError, connection
+
+    db_writes.refresh_connection()
+    Mailbox.objects.exists()
+    connection.connection.close()  # the database went away under an open connection
+    with pytest.raises(DatabaseError):
+        Mailbox.objects.exists()
+    db_writes.refresh_connection()  # within the second: still replaced, because of the error
+    assert Mailbox.objects.exists() is False
 
 
 def _children(pid: int) -> list[int]:
