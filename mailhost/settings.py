@@ -85,6 +85,14 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
 else:
     _db.setdefault("CONN_MAX_AGE", 60)
     _db.setdefault("CONN_HEALTH_CHECKS", True)
+    if _db["ENGINE"] == "django.db.backends.postgresql":
+        # The queue and the SMTP service run the same few INSERTs and UPDATEs for every message
+        # through psycopg cursors (db_writes); psycopg prepares a statement once it has run this
+        # many times on a connection, and the server then skips parsing and planning it.
+        # Django's own cursors bind on the client and never prepare. `?prepare_threshold=off`
+        # turns it off (PgBouncer before 1.21 in transaction mode cannot keep prepared statements).
+        _threshold = str(_db.setdefault("OPTIONS", {}).get("prepare_threshold", "5")).lower()
+        _db["OPTIONS"]["prepare_threshold"] = None if _threshold in ("", "none", "off") else int(_threshold)
 
 MAIL_ROOT = project_path(env.str("MAIL_ROOT", default="var/mail"))
 MAIL_HOSTNAME = env.str("MAIL_HOSTNAME", default="") or socket.getfqdn()

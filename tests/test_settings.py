@@ -18,6 +18,7 @@ print(json.dumps({
     "ips": settings.MAIL_PUBLIC_IPS, "resolvers": settings.DNS_RESOLVERS,
     "outbound_port": settings.SMTP_OUTBOUND_PORT, "relay": settings.SMTP_RELAY_HOST,
     "broker": settings.CELERY_BROKER_URL, "debug": settings.DEBUG,
+    "prepare_threshold": db.get("OPTIONS", {}).get("prepare_threshold", "unset"),
 }))
 """
 
@@ -65,6 +66,13 @@ def test_every_contract_variable_is_read_from_the_environment(tmp_path):
     assert got["resolvers"] == [["127.0.0.1", 5353], ["::1", 53], ["10.0.0.1", 53]]
     assert got["outbound_port"] == 2525 and got["relay"] == ["smarthost.test", 587]
     assert got["debug"] is False
+    assert got["prepare_threshold"] == 5, "psycopg prepares the queue's repeated statements by default"
+
+
+def test_prepared_statements_on_postgresql_can_be_turned_off_for_pgbouncer(tmp_path):
+    result = load(tmp_path, DATABASE_URL="postgres://mh:pw@db.internal:5433/mailhost?prepare_threshold=off")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["prepare_threshold"] is None
 
 
 def test_a_bad_value_names_the_variable(tmp_path):
