@@ -45,7 +45,9 @@ _BARE_NEWLINE = re.compile(rb"\r\n|\r|\n")
 
 def normalize_crlf(data: bytes) -> bytes:
     """Every line ending becomes CRLF: what is signed must be what smtplib sends."""
-    data = _BARE_NEWLINE.sub(b"\r\n", data)
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:  # a bare CR or LF somewhere
+        data = _BARE_NEWLINE.sub(b"\r\n", data)
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 

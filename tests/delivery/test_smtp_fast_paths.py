@@ -119,3 +119,12 @@ def test_the_dkim_body_canonicalization_is_dkimpys_for_any_body(pieces):
 def test_the_dkim_body_canonicalization_handles_the_edges_as_dkimpy_does(body):
     relaxed = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
     assert signing.relaxed_body(body) == relaxed.canonicalize_body(body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b" ", b"\r\n", b"\r", b"\n", b"\r\r\n", b"\n\r"]), max_size=30))
+def test_line_endings_are_normalised_to_crlf_as_the_regular_expression_does(pieces):
+    data = b"".join(pieces)
+    expected = signing._BARE_NEWLINE.sub(b"\r\n", data)
+    expected = expected if expected.endswith(b"\r\n") else expected + b"\r\n"
+    assert signing.normalize_crlf(data) == expected
