@@ -69,7 +69,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         _db["NAME"] = str(project_path(_db["NAME"]))
         Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # Web, SMTP service and worker share one file: WAL and IMMEDIATE transactions keep
-    # concurrent writers from failing with "database is locked" (FIELD-NOTES).
+    # concurrent writers from failing with "database is locked" (FIELD-NOTES). synchronous=FULL:
+    # a queue row committed before 250 is on disk; with NORMAL, WAL mode syncs only at
+    # checkpoints and a power cut could take back acknowledged mail.
     # mailhost.sqlite3: Django's backend with writers queueing on a lock file instead of
     # sleeping in SQLite's busy handler.
     _db["ENGINE"] = "mailhost.sqlite3"
@@ -78,7 +80,7 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         {
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
         }
     )
     _db.setdefault("TEST", {})["NAME"] = str(VAR_DIR / "test-db.sqlite3")

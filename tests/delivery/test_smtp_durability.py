@@ -5,6 +5,8 @@ from __future__ import annotations
 import smtplib
 import time
 
+import pytest
+
 from delivery.models import MessageLog, QueuedRecipient
 from mailboxes.models import Mailbox
 from mailboxes.provisioning import create_alias
@@ -26,6 +28,20 @@ def test_a_message_acknowledged_with_250_survives_kill_9_of_the_service(smtp_ser
     assert stored.read_bytes().endswith(data)
     assert not any((bob.maildir / "tmp").iterdir())
     assert QueuedRecipient.objects.get().address == "friend@remote.test"
+
+
+def test_on_sqlite_a_commit_reaches_the_disk_before_it_returns(db):
+    """A queue row committed before 250 must survive a power cut, not just a crash: in WAL mode
+    that takes synchronous=FULL (NORMAL syncs the log only at checkpoints)."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's synchronous_commit is the server's setting")
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0] == "wal"
+        cursor.execute("PRAGMA synchronous")
+        assert cursor.fetchone()[0] == 2  # FULL
 
 
 def test_an_8bit_body_with_utf8_headers_is_stored_byte_for_byte(shared_smtp_service, bob):
