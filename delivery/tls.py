@@ -8,6 +8,7 @@ at once; mail clients must then accept the certificate, as with any self-signed 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import ssl
 import tempfile
@@ -37,7 +38,13 @@ def certificate_paths() -> tuple[str, str]:
     directory = Path(settings.TLS_DIR)
     cert, key = directory / "smtp-cert.pem", directory / "smtp-key.pem"
     if not (cert.exists() and key.exists()):
-        make_self_signed(settings.MAIL_HOSTNAME, cert, key)
+        # Several services start at once on a fresh checkout (`runsmtp --processes N`, web):
+        # each writing its own pair could leave one's key beside another's certificate.
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ".self-signed.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (cert.exists() and key.exists()):
+                make_self_signed(settings.MAIL_HOSTNAME, cert, key)
     return str(cert), str(key)
 
 

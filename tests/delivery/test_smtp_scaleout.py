@@ -205,3 +205,29 @@ def _alive(pid: int) -> bool:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_copies_starting_together_on_a_fresh_checkout_agree_on_one_self_signed_pair(settings, tmp_path):
+    import multiprocessing
+
+    from delivery import tls
+
+    def start(barrier, failures):
+        barrier.wait()
+        try:
+            tls.server_context()   # loads the pair: a key beside another copy's certificate fails
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            failures.put(repr(exc))
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        settings.TLS_DIR = tmp_path / f"tls-{attempt}"
+        barrier, failures = context.Barrier(8), context.Queue()
+        copies = [context.Process(target=start, args=(barrier, failures)) for _ in range(8)]
+        for copy in copies:
+            copy.start()
+        for copy in copies:
+            copy.join(30)
+        assert failures.empty(), failures.get()
+        assert sorted(p.name for p in settings.TLS_DIR.iterdir() if p.suffix == ".pem") == \
+            ["smtp-cert.pem", "smtp-key.pem"]
