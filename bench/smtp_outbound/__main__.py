@@ -182,7 +182,11 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int, concurrency: int,
-                    processes: int = 1) -> tuple:
+                    processes: int = 1, procs: list | None = None) -> tuple:
+    """Start runsmtp and the worker; each goes into `procs` as it starts, so that the caller's
+    `finally` stops it even when the other fails (a worker left behind would keep taking the
+    next run's tasks from the shared filesystem broker folder)."""
+    procs = [] if procs is None else procs
     env = dict(os.environ)
     # PostgreSQL when DATABASE_URL names it (the database is flushed first), else a fresh SQLite file.
     database = os.environ.get("DATABASE_URL", "")
@@ -205,13 +209,18 @@ def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int, concurr
     port = free_port()
     smtp = subprocess.Popen([py, "manage.py", "runsmtp", "--inbound", "off", "--submission", f"127.0.0.1:{port}",
                              "--submissions", "off", "--processes", str(processes)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=(workdir / "runsmtp.log").open("wb"), start_new_session=True)
+    procs.append(smtp)
     worker = subprocess.Popen([py, "-m", "celery", "-A", "mailhost", "worker", "-B", f"--concurrency={concurrency}",
                                "--without-gossip", "--without-mingle", "--loglevel=WARNING",
                                "-s", str(workdir / "beat")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_port(port, smtp)
+    procs.append(worker)
+    try:
+        wait_port(port, smtp)
+    except RuntimeError:
+        raise RuntimeError(f"runsmtp did not start: {(workdir / 'runsmtp.log').read_text()[-1500:]}") from None
     return env, smtp, worker, port
 
 
@@ -524,8 +533,7 @@ def main() -> int:
         try:
             dns.restart()
             env, smtp, worker, port = setup_mailhost(workdir, dns, sink, args.domains, args.concurrency,
-                                                       args.processes)
-            procs += [smtp, worker]
+                                                       args.processes, procs)
             time.sleep(3)  # let the worker connect to the broker
             before = group_cpu_seconds(smtp.pid), group_cpu_seconds(worker.pid)
             ours, our_cpu = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink)
