@@ -98,6 +98,7 @@ def row_values(objs: list) -> list[list]:
     return [[f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields] for obj in objs]
 
 
+@functools.cache
 def column_index(model, name: str) -> int:
     """Where field `name` sits in a row of `row_values` (to fill a foreign key in later)."""
     fields, _ = _insert_sql(model, connection.vendor)
@@ -111,45 +112,33 @@ def insert_values(model, rows: list[list], *, returning_pk: bool = False) -> int
         _executemany(sql, rows)
         return None
     (row,) = rows
-    sql += f" RETURNING {connection.ops.quote_name(model._meta.pk.column)}"
-    if connection.vendor == "postgresql":
-        import psycopg
-
-        connection.ensure_connection()
-        with psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(sql, row)
-            return cursor.fetchone()[0]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, row)
+    with _cursor() as cursor:
+        cursor.execute(f"{sql} RETURNING {connection.ops.quote_name(model._meta.pk.column)}", row)
         return cursor.fetchone()[0]
 
 
 def execute(sql: str, params: list) -> int:
-    """One statement with server-side binding on PostgreSQL (see _executemany); its row count."""
-    if connection.vendor == "postgresql":
-        import psycopg
-
-        connection.ensure_connection()
-        with psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(sql, params)
-            return cursor.rowcount
-    with connection.cursor() as cursor:
+    """One statement (server-side binding on PostgreSQL, see `_cursor`); its row count."""
+    with _cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
 
 
 def _executemany(sql: str, params: list) -> None:
+    with _cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
+def _cursor():
+    """A cursor in this thread's connection and transaction. On PostgreSQL a plain psycopg one:
+    Django's psycopg cursors bind client-side (every value quoted in Python), a plain cursor
+    binds on the server, pipelines executemany and lets psycopg prepare repeated statements."""
     if connection.vendor == "postgresql":
-        # Django's psycopg cursors bind client-side (every value quoted in Python); a plain
-        # psycopg cursor binds on the server and pipelines executemany.
         import psycopg
 
         connection.ensure_connection()
-        with psycopg.Cursor(connection.connection) as cursor:
-            cursor.executemany(sql, params)
-        return
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
+        return psycopg.Cursor(connection.connection)
+    return connection.cursor()
 
 
 _last_check = threading.local()
