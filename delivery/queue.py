@@ -90,13 +90,17 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
 
 
 _last_kick = 0.0
+KICK_EXPIRES = 5.0
 
 
 def kick() -> None:
     """Ask a worker to claim due rows now instead of at the next beat tick.
 
     Throttled per process (one kick covers every row queued before it runs) and never fatal:
-    without a broker the periodic sweep still finds the rows.
+    without a broker the periodic sweep still finds the rows. A kick not taken up within
+    KICK_EXPIRES is dropped unrun: every worker was busy, and a busy worker keeps claiming what
+    is due (`outbound.deliver_due`). Without the expiry, two submission processes kicking twice
+    a second piled up dozens of sweeps behind each draining worker, each claiming anew.
     """
     global _last_kick
     now = time.monotonic()
@@ -106,7 +110,7 @@ def kick() -> None:
     try:
         from .tasks import dispatch_due
 
-        dispatch_due.apply_async(retry=False)
+        dispatch_due.apply_async(retry=False, expires=KICK_EXPIRES)
     except Exception as exc:  # noqa: BLE001 - the sweep is the safety net
         log.warning("could not signal the queue worker: %s", exc)
 
@@ -312,7 +316,8 @@ def record_delivered(run: str, rcpts: list[QueuedRecipient], outcome: Outcome) -
 
     One UPDATE and one multi-row log INSERT in one transaction, committed the moment the peer
     answered the final dot, as `record` does row by row: the duplicate window stays one round
-    trip wide. No DSN, no suppression and no retry arithmetic apply to a delivery.
+    trip wide (for a worker killed at any point; a power cut may repeat the last deliveries).
+    No DSN, no suppression and no retry arithmetic apply to a delivery.
     """
     from . import db_writes
     from .models import MessageLog
@@ -335,7 +340,9 @@ def record_delivered(run: str, rcpts: list[QueuedRecipient], outcome: Outcome) -
     sql = (f"UPDATE {quote(QueuedRecipient._meta.db_table)} SET {sets} "
            f"WHERE lease_owner = %s AND id IN ({', '.join(['%s'] * len(ids))})")
     log_values = db_writes.row_values(logs)
-    with transaction.atomic():
+    # Committed without waiting for the disk (see atomic_unflushed): a power cut may repeat a
+    # delivery, a worker killed at any point may not.
+    with db_writes.atomic_unflushed():
         db_writes.execute(sql, [*params, run, *ids])
         if log_values:
             db_writes.insert_values(MessageLog, log_values)

@@ -46,6 +46,55 @@ def test_a_commit_reaches_the_disk_before_it_returns(db):
         assert cursor.fetchone()[0] == 2  # FULL
 
 
+def flushing(connection) -> bool:
+    """Does a commit on this connection wait for the disk?"""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0] != "off"
+        cursor.execute("PRAGMA synchronous")
+        return cursor.fetchone()[0] == 2
+
+
+def test_a_delivery_outcome_commits_without_waiting_for_the_disk(transactional_db, bob):
+    """A delivered outcome lost in a power cut costs a repeated delivery, never mail, so its
+    commit skips the flush; the connection flushes again for everything after it."""
+    from django.db import connection
+
+    from delivery import db_writes, queue
+
+    queue.enqueue("bob@example.org", ["friend@remote.test"], b"From: bob@example.org\r\n\r\nhi\r\n")
+    [run] = queue.claim_due(run="run-1")
+    rows = queue.rows_of(run)
+    seen = []
+
+    def watch(execute, sql, params, many, context):
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with db_writes.atomic_unflushed():
+        assert not flushing(connection)
+    assert flushing(connection)
+
+    with connection.execute_wrapper(watch):
+        queue.record_delivered(run, rows, queue.Outcome("delivered", "250 2.0.0 ok", "TLSv1.3"))
+    relaxing = {"sqlite": "PRAGMA synchronous=NORMAL", "postgresql": "SET LOCAL synchronous_commit TO OFF"}
+    assert relaxing[connection.vendor] in seen
+    assert QueuedRecipient.objects.get().state == QueuedRecipient.State.DELIVERED
+    assert flushing(connection)
+
+
+def test_inside_a_callers_transaction_the_callers_commit_decides(transactional_db):
+    from django.db import connection, transaction
+
+    from delivery import db_writes
+
+    with transaction.atomic():
+        with db_writes.atomic_unflushed():
+            assert flushing(connection)
+    assert flushing(connection)
+
+
 def test_an_8bit_body_with_utf8_headers_is_stored_byte_for_byte(shared_smtp_service, bob):
     data = ("From: Jürgen Groß <jg@elsewhere.test>\r\nSubject: Grüße aus Köln\r\n"
             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
