@@ -1,14 +1,20 @@
 """The SMTP service reads the common shapes of MAIL/RCPT paths and From: headers without the
-email package's parser, and the signer canonicalizes ordinary bodies without dkimpy's regular
-expressions. Those shortcuts must give exactly the slow path's answer, or defer to it."""
+email package's parser, the signer canonicalizes ordinary bodies without dkimpy's regular
+expressions, and queue rows become column values without Django's field layers. Those
+shortcuts must give exactly the slow path's answer, or defer to it."""
+
+import datetime as dt
+import zoneinfo
 
 import dkim
 import pytest
 from aiosmtpd.smtp import SMTP
+from django.db import connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delivery import signing, smtp_policy
+from delivery import db_writes, signing, smtp_policy
+from delivery.models import MessageLog, QueuedMessage, QueuedRecipient
 from delivery.smtp_server import MailSMTP
 
 
@@ -128,3 +134,53 @@ def test_line_endings_are_normalised_to_crlf_as_the_regular_expression_does(piec
     expected = signing._BARE_NEWLINE.sub(b"\r\n", data)
     expected = expected if expected.endswith(b"\r\n") else expected + b"\r\n"
     assert signing.normalize_crlf(data) == expected
+
+
+TEXT = st.one_of(st.none(), st.text(max_size=5), st.integers(-3, 3))
+WHEN = st.one_of(st.none(), st.datetimes(timezones=st.just(dt.UTC)),
+                 st.datetimes(timezones=st.just(zoneinfo.ZoneInfo("Europe/Berlin"))))
+
+
+def django_row(obj):
+    fields, _ = db_writes._insert_sql(type(obj), connection.vendor)
+    return [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+
+
+def comparable(row):
+    """Values with their exact types; adapters that wrap bytes (psycopg's Binary) unwrapped."""
+    return [(type(v), bytes(getattr(v, "obj", v)) if isinstance(getattr(v, "obj", v), (bytes, memoryview))
+             else v) for v in row]
+
+
+def same_values(obj):
+    return [comparable(r) for r in db_writes.row_values([obj])] == [comparable(django_row(obj))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(address=TEXT, attempts=st.one_of(st.none(), st.integers(0, 9), st.just("7")),
+       next_at=WHEN, lease_until=WHEN, warned=st.one_of(st.booleans(), st.just(0)))
+def test_queue_row_values_are_what_django_would_write(address, attempts, next_at, lease_until, warned):
+    row = QueuedRecipient(message_id=5, address=address, domain="d.example", attempts=attempts,
+                          next_attempt_at=next_at, lease_until=lease_until, delay_warned=warned)
+    assert same_values(row)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sender=TEXT, size=st.one_of(st.integers(0, 10**6), st.none()), created=WHEN,
+       data=st.one_of(st.binary(max_size=20), st.just(memoryview(b"view"))),
+       ip=st.sampled_from([None, "", "127.0.0.1", "::1"]))
+def test_message_and_log_row_values_are_what_django_would_write(sender, size, created, data, ip):
+    message = QueuedMessage(sender=sender, data=data, size=size, created_at=created)
+    log = MessageLog(direction="outbound", result="delivered", client_ip=ip,
+                     mail_from=sender, size=size, created_at=created)
+    for obj in (message, log):
+        assert same_values(obj)
+
+
+def test_a_naive_datetime_takes_djangos_path_with_its_warning():
+    row = QueuedRecipient(message_id=1, address="a@b.example", domain="b.example",
+                          next_attempt_at=dt.datetime(2026, 1, 1, 12, 0))
+    with pytest.warns(RuntimeWarning, match="naive datetime") as warned:
+        values = db_writes.row_values([row])
+    assert len(warned) == 1
+    assert comparable(values[0]) == comparable(django_row(row))

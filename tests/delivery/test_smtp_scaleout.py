@@ -89,6 +89,26 @@ def test_batched_writes_are_committed_when_run_returns_and_a_failing_one_fails_a
     assert sorted(MessageLog.objects.values_list("queue_id", flat=True)) == sorted(f"Q{n}" for n in range(40))
 
 
+def test_bookkeeping_rides_in_the_next_waited_commit_and_stop_flushes_what_is_left(
+        transactional_db, bob, monkeypatch):
+    monkeypatch.setattr(db_writes, "BOOKKEEPING_DELAY", 30)
+    db_writes.start()
+    try:
+        db_writes.insert([MessageLog(domain=bob.domain, direction="inbound", result="accepted", queue_id="LOG1")])
+        time.sleep(0.3)
+        assert not MessageLog.objects.exists()     # no commit of its own for a log row
+        db_writes.run(MessageLog.objects.create, domain=bob.domain, direction="inbound", result="accepted",
+                      queue_id="WAITED")
+        # Committed together: the log row did not wait out its 30 seconds alone.
+        assert set(MessageLog.objects.values_list("queue_id", flat=True)) == {"LOG1", "WAITED"}
+        db_writes.insert([MessageLog(domain=bob.domain, direction="inbound", result="accepted", queue_id="LOG2")])
+        started = time.monotonic()
+    finally:
+        db_writes.stop()
+    assert time.monotonic() - started < 10
+    assert MessageLog.objects.filter(queue_id="LOG2").exists()
+
+
 def test_a_service_thread_checks_its_database_connection_once_a_second_not_per_command(db, monkeypatch):
     checks = []
     monkeypatch.setattr(db_writes, "close_old_connections", lambda: checks.append(1))
