@@ -184,7 +184,10 @@ DNS_AUTHORITATIVE_PORT = env.int("DNS_AUTHORITATIVE_PORT", default=53)
 DNS_RECHECK_INTERVAL = env.int("DNS_RECHECK_INTERVAL", default=6 * 3600)
 CELERY_BEAT_SCHEDULE["dns-recheck"] = {"task": "domains.tasks.recheck_all_domains", "schedule": DNS_RECHECK_INTERVAL}
 CELERY_BEAT_SCHEDULE["recount-mailbox-usage"] = {"task": "webmail.tasks.recount_mailbox_usage", "schedule": 900}
-CELERY_BEAT_SCHEDULE["delivery-dispatch-due"] = {"task": "delivery.dispatch_due", "schedule": QUEUE_SWEEP_INTERVAL}
+# A sweep still waiting when the next is due is dropped unrun (Celery's `expires`): the next
+# one does the same work, and busy workers are draining the queue anyway (delivery/tasks.py).
+CELERY_BEAT_SCHEDULE["delivery-dispatch-due"] = {"task": "delivery.dispatch_due", "schedule": QUEUE_SWEEP_INTERVAL,
+                                                 "options": {"expires": QUEUE_SWEEP_INTERVAL}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
 
 INSTALLED_APPS = [

@@ -93,3 +93,27 @@ def test_a_worker_killed_mid_delivery_delivers_exactly_once_after_restart(bob, s
     time.sleep(2)  # several more sweeps: nothing is sent again
     assert len(sink.messages) == 1
     assert message.recipients.get().attempts == 1
+
+
+def test_sweeps_and_kicks_that_wait_too_long_for_a_worker_are_dropped_unrun(db, monkeypatch, settings):
+    """Every worker busy means every worker is draining the queue: a sweep queued behind them
+    would only claim again what they claim anyway, so it expires instead of piling up."""
+    from celery.signals import before_task_publish
+
+    from delivery import queue
+
+    published = []
+
+    def note(sender=None, headers=None, **_):
+        published.append((sender, headers.get("expires")))
+
+    before_task_publish.connect(note)
+    try:
+        monkeypatch.setattr(queue, "_last_kick", 0.0)
+        queue.kick()
+    finally:
+        before_task_publish.disconnect(note)
+    [(task, expires)] = published
+    assert task == "delivery.dispatch_due" and expires is not None
+    sweep = settings.CELERY_BEAT_SCHEDULE["delivery-dispatch-due"]
+    assert sweep["options"]["expires"] == sweep["schedule"] == settings.QUEUE_SWEEP_INTERVAL
