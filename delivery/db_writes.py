@@ -223,8 +223,12 @@ def atomic_unflushed():
         return
     if connection.vendor == "sqlite":
         with connection.cursor() as cursor:
-            cursor.execute("PRAGMA synchronous")
-            (level,) = cursor.fetchone()
+            # The connection's own level, read once per connection (a statement per delivery).
+            known = getattr(connection, "_mailhost_sync_level", None)
+            if known is None or known[0] != id(connection.connection):
+                cursor.execute("PRAGMA synchronous")
+                known = connection._mailhost_sync_level = (id(connection.connection), cursor.fetchone()[0])
+            level = known[1]
             cursor.execute("PRAGMA synchronous=NORMAL")
         try:
             with transaction.atomic():

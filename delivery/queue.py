@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Count, F, Min, Q, Value, When, Window
-from django.db.models.functions import RowNumber
+from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
 from mailhost.addresses import parse_address
@@ -117,6 +116,67 @@ def kick() -> None:
 
 # -- claiming -------------------------------------------------------------------------------
 
+class _ClaimReads:
+    """The statements of `claim_due`, in plain SQL that both engines run.
+
+    A draining worker claims every fraction of a second, and the ORM compiling these four
+    statements (a grouped read, a distinct count, a window function, a conditional UPDATE) cost
+    ~7 ms a round, three times what running them did: a third of the worker's time.
+    The conditions are `_due` and `_lease_free`'s, written out.
+    """
+
+    def __init__(self, now: dt.datetime):
+        quote = connection.ops.quote_name
+        self.table = quote(QueuedRecipient._meta.db_table)
+        self.now = connection.ops.adapt_datetimefield_value(now)
+        self.pending = list(QueuedRecipient.PENDING_STATES)
+        self.due = (f"state IN ({', '.join(['%s'] * len(self.pending))}) AND next_attempt_at <= %s "
+                    f"AND (lease_until IS NULL OR lease_until < %s)")
+        self.due_params = [*self.pending, self.now, self.now]
+
+    @staticmethod
+    def _rows(sql: str, params: list) -> list[tuple]:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+    @staticmethod
+    def _in(values: list) -> str:
+        return f"({', '.join(['%s'] * len(values))})"
+
+    def due_domains(self, most: int) -> list[str]:
+        return [d for (d,) in self._rows(
+            f"SELECT domain FROM {self.table} WHERE {self.due} GROUP BY domain "
+            f"ORDER BY MIN(next_attempt_at) LIMIT %s", [*self.due_params, most])]
+
+    def busy(self, domains: list[str]) -> dict[str, int]:
+        """Per domain, how many owners hold live leases on its rows."""
+        if not domains:
+            return {}
+        return dict(self._rows(
+            f"SELECT domain, COUNT(DISTINCT lease_owner) FROM {self.table} WHERE domain IN {self._in(domains)} "
+            f"AND lease_until > %s AND lease_owner <> '' GROUP BY domain", [*domains, self.now]))
+
+    def oldest_rows(self, domains: list[str], per_domain: int) -> list[tuple]:
+        """(id, domain, rank) of each domain's `per_domain` oldest due rows, by domain and rank."""
+        return self._rows(
+            f"SELECT id, domain, rank FROM (SELECT id, domain, ROW_NUMBER() OVER (PARTITION BY domain "
+            f"ORDER BY next_attempt_at, id) AS rank FROM {self.table} WHERE {self.due} "
+            f"AND domain IN {self._in(domains)}) AS ranked WHERE rank <= %s ORDER BY domain, rank",
+            [*self.due_params, *domains, per_domain])
+
+    def lease(self, ids: list[int], run: str, lease_until: dt.datetime) -> int:
+        """Lease `ids` to `run`, in flight, where still pending and free; how many it got."""
+        from . import db_writes
+
+        return db_writes.execute(
+            f"UPDATE {self.table} SET lease_owner = %s, lease_until = %s, state = %s "
+            f"WHERE id IN {self._in(ids)} AND state IN {self._in(self.pending)} "
+            f"AND (lease_until IS NULL OR lease_until < %s)",
+            [run, connection.ops.adapt_datetimefield_value(lease_until), State.IN_FLIGHT, *ids,
+             *self.pending, self.now])
+
+
 def _due(now: dt.datetime):
     return QueuedRecipient.objects.filter(
         state__in=QueuedRecipient.PENDING_STATES, next_attempt_at__lte=now,
@@ -168,13 +228,11 @@ def claim_due(now: dt.datetime | None = None, max_batches: int | None = None, *,
     now = now or timezone.now()
     limit = _setting("QUEUE_DESTINATION_CONCURRENCY", 5)
     size = _setting("QUEUE_BATCH_SIZE", 100)
+    reads = _ClaimReads(now)
     # Oldest due mail first: with `max_batches` a sweep serves only some domains, and none may
     # wait behind busier ones for ever.
-    domains = list(_due(now).order_by().values("domain").annotate(oldest=Min("next_attempt_at"))
-                   .order_by("oldest").values_list("domain", flat=True)[:500])
-    busy = dict(QueuedRecipient.objects.filter(domain__in=domains, lease_until__gt=now).exclude(lease_owner="")
-                .order_by().values("domain").annotate(n=Count("lease_owner", distinct=True))
-                .values_list("domain", "n"))
+    domains = reads.due_domains(500)
+    busy = reads.busy(domains)
     slots = {d: limit - busy.get(d, 0) for d in domains if busy.get(d, 0) < limit}
     if max_batches:
         # Every domain takes at least one batch: the first max_batches of them are enough.
@@ -183,10 +241,7 @@ def claim_due(now: dt.datetime | None = None, max_batches: int | None = None, *,
         return []
     # One read for all chosen domains: each domain's oldest rows, numbered per domain so that
     # no domain brings more than its free slots can carry.
-    rank = Window(RowNumber(), partition_by=F("domain"), order_by=(F("next_attempt_at").asc(), F("id").asc()))
-    rows = (_due(now).filter(domain__in=list(slots)).annotate(rank=rank)
-            .filter(rank__lte=max(slots.values(), default=0) * size)
-            .order_by("domain", "rank").values_list("pk", "domain", "rank"))
+    rows = reads.oldest_rows(list(slots), max(slots.values(), default=0) * size)
     per_domain: dict[str, list[int]] = {}
     for pk, domain, n in rows:
         if n <= slots[domain] * size:
@@ -201,7 +256,13 @@ def claim_due(now: dt.datetime | None = None, max_batches: int | None = None, *,
         return []
     lease_until = now + dt.timedelta(seconds=_setting("QUEUE_LEASE_SECONDS", 300))
     if run:
-        tokens, owner, more = [run] * len(batches), Value(run), {"state": State.IN_FLIGHT}
+        from . import db_writes
+
+        # A lease lost in a power cut only hands the rows out again, like a lost outcome (and
+        # the WAL keeps order: the outcomes of these rows cannot outlive it), so no flush.
+        with db_writes.atomic_unflushed():
+            got = reads.lease([pk for ids in batches for pk in ids], run, lease_until)
+        return [run] * len(batches) if got else []
     else:
         tokens, more = [secrets.token_hex(12) for _ in batches], {}
         owner = Case(*(When(pk__in=ids, then=Value(token)) for ids, token in zip(batches, tokens, strict=True)),
