@@ -63,12 +63,14 @@ class _AddUsedBytes:
 
 
 class _Insert:
-    def __init__(self, objs: list):
-        self.objs = objs
+    """Rows of one model, their column values made in the caller's thread: the writer then
+    holds the transaction (on SQLite, the lock every process queues for) for the INSERT alone."""
+
+    def __init__(self, model, rows: list[list]):
+        self.model, self.rows = model, rows
 
     def __call__(self):
-        if self.objs:
-            _insert_rows(type(self.objs[0]), self.objs)
+        insert_values(self.model, self.rows)
 
 
 def _add_used_bytes(deltas: dict[int, int]) -> None:
@@ -77,12 +79,6 @@ def _add_used_bytes(deltas: dict[int, int]) -> None:
     table = connection.ops.quote_name(Mailbox._meta.db_table)
     _executemany(f"UPDATE {table} SET used_bytes = used_bytes + %s WHERE id = %s",
                  [(delta, pk) for pk, delta in sorted(deltas.items())])
-
-
-def _insert_rows(model, objs: list) -> None:
-    """One prepared INSERT for every row: bulk_create compiles (and on PostgreSQL quotes) each
-    value in Python, which was a sixth of the service's CPU."""
-    insert_values(model, row_values(objs))
 
 
 @functools.cache
@@ -280,7 +276,9 @@ def add_used_bytes(mailbox_id: int, delta: int) -> None:
 def insert(objs: list) -> None:
     """INSERT these unsaved model instances (all of one model)."""
     if objs:
-        _submit(_Insert(list(objs)))
+        # One prepared INSERT for every row: bulk_create compiles (and on PostgreSQL quotes)
+        # each value in Python, which was a sixth of the service's CPU.
+        _submit(_Insert(type(objs[0]), row_values(objs)))
 
 
 def _submit(op, wait: bool = False):
@@ -353,13 +351,13 @@ class Writer(threading.Thread):
                     if isinstance(op, _AddUsedBytes):
                         deltas[op.mailbox_id] += op.delta
                     elif isinstance(op, _Insert):
-                        inserts[type(op.objs[0])].extend(op.objs)
+                        inserts[op.model].extend(op.rows)
                     else:
                         results[id(future)] = op()
                 # Log rows before counters: tables in name order, the order in which a test's
                 # TRUNCATE takes its locks, so the two cannot deadlock on PostgreSQL.
-                for model, objs in sorted(inserts.items(), key=lambda item: item[0]._meta.db_table):
-                    _insert_rows(model, objs)
+                for model, rows in sorted(inserts.items(), key=lambda item: item[0]._meta.db_table):
+                    insert_values(model, rows)
                 if deltas:
                     _add_used_bytes(deltas)
         except Exception:

@@ -133,12 +133,13 @@ def _subject(content: bytes) -> str:
 
 def record(tx: Transaction) -> None:
     """The structured log line and one MessageLog row per hosted domain involved."""
-    log.info("smtp transaction %s", json.dumps({
-        "queue_id": tx.queue_id, "listener": "submission" if tx.submission else "inbound",
-        "client": tx.client_ip, "helo": tx.helo, "tls": tx.tls, "auth_user": tx.auth_user,
-        "from": tx.mail_from, "recipients": tx.recipients, "size": tx.size, "result": tx.result,
-        "reply": tx.reply,
-    }, ensure_ascii=False))
+    if log.isEnabledFor(logging.INFO):
+        log.info("smtp transaction %s", json.dumps({
+            "queue_id": tx.queue_id, "listener": "submission" if tx.submission else "inbound",
+            "client": tx.client_ip, "helo": tx.helo, "tls": tx.tls, "auth_user": tx.auth_user,
+            "from": tx.mail_from, "recipients": tx.recipients, "size": tx.size, "result": tx.result,
+            "reply": tx.reply,
+        }, ensure_ascii=False))
     domain_ids = set(tx.domain_ids)
     sender_domain = _hosted_domain_id(tx.sender)
     if sender_domain:
