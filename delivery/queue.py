@@ -263,16 +263,15 @@ def claim_due(now: dt.datetime | None = None, max_batches: int | None = None, *,
         with db_writes.atomic_unflushed():
             got = reads.lease([pk for ids in batches for pk in ids], run, lease_until)
         return [run] * len(batches) if got else []
-    else:
-        tokens, more = [secrets.token_hex(12) for _ in batches], {}
-        owner = Case(*(When(pk__in=ids, then=Value(token)) for ids, token in zip(batches, tokens, strict=True)),
-                     default=Value(""))
+    tokens = [secrets.token_hex(12) for _ in batches]
+    owner = Case(*(When(pk__in=ids, then=Value(token)) for ids, token in zip(batches, tokens, strict=True)),
+                 default=Value(""))
     # One UPDATE gives every batch its own token; it re-checks the conditions, and the tokens
     # that got rows are read back in the same transaction.
     with transaction.atomic():
         got = QueuedRecipient.objects.filter(
             pk__in=[pk for ids in batches for pk in ids], state__in=QueuedRecipient.PENDING_STATES,
-        ).filter(_lease_free(now)).update(lease_owner=owner, lease_until=lease_until, **more)
+        ).filter(_lease_free(now)).update(lease_owner=owner, lease_until=lease_until)
         if got == sum(map(len, batches)):
             return tokens
         held = set(QueuedRecipient.objects.filter(lease_owner__in=tokens).values_list("lease_owner", flat=True))
