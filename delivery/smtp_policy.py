@@ -54,16 +54,19 @@ def clean_text(text: str) -> str:
     return text if is_valid_utf8(text) else text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def rcpt_decision(address: str, *, authenticated: bool) -> RcptDecision:
+def rcpt_decision(address: str, *, authenticated: bool, without_database: bool = False) -> RcptDecision | None:
     """The RCPT verdict. Hosted recipients resolve through the directory; anything else is
-    relaying, allowed only for an authenticated identity and only to a well-formed address."""
+    relaying, allowed only for an authenticated identity and only to a well-formed address.
+    `without_database`: None unless the verdict needs no query (see `resolve`)."""
     try:
         if not is_valid_utf8(address):
             raise AddressError("address is not valid UTF-8")
         addr = parse_address(address)
     except AddressError:
         return RcptDecision(replies.BAD_DESTINATION)
-    resolution = resolve(str(addr))
+    resolution = resolve(str(addr), without_database=without_database)
+    if resolution is None:
+        return None
     if resolution.verdict is Verdict.NOT_HOSTED:
         if authenticated:
             return RcptDecision(replies.RECIPIENT_OK, remote=[str(addr)])

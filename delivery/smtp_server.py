@@ -118,6 +118,8 @@ class MailHandler:
             return replies.TOO_MANY_RECIPIENTS
         authenticated = self.listener.submission and session.authenticated
         decision = smtp_policy.cached_rcpt_decision(address, authenticated=authenticated)
+        if decision is None:    # e.g. a new remote address in a domain known not to be hosted
+            decision = smtp_policy.rcpt_decision(address, authenticated=authenticated, without_database=True)
         if decision is None:
             decision = await thread(smtp_policy.rcpt_decision, address, authenticated=authenticated)
             smtp_policy.remember_rcpt_decision(address, decision, authenticated=authenticated)

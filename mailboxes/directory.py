@@ -69,11 +69,18 @@ def is_hosted(name: str) -> bool:
     return hosted_domain_for(name) is not None
 
 
-def resolve(address: str) -> Resolution:
+def resolve(address: str, *, without_database: bool = False) -> Resolution | None:
+    """Who `address` reaches. `without_database`: answer only when no query is needed (bad
+    syntax, or a domain this process's cache knows is not hosted here: the common RCPT of a
+    submission), else None; the SMTP service then skips a worker-thread round trip."""
     try:
         addr = parse_address(address)
     except AddressError as exc:
         return Resolution(Verdict.BAD_ADDRESS, reason=str(exc))
+    if without_database:
+        if _hosted.get(addr.domain, _NOT_KNOWN) is not None or srs.reverse(address.strip().strip("<>")):
+            return None
+        return Resolution(Verdict.NOT_HOSTED, reason=f"{addr.domain} is not hosted here")
     original = srs.reverse(address.strip().strip("<>"))  # its hash is case-sensitive
     if original is not None:
         # A bounce of mail we forwarded with an SRS sender: it goes back to the original sender

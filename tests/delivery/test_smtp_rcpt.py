@@ -135,6 +135,15 @@ def test_relay_depends_on_authentication_never_on_the_client_address(bob):
     assert rcpt_decision("victim%elsewhere.test@example.org", authenticated=True).reply == replies.BAD_DESTINATION
 
 
+def test_a_verdict_given_from_memory_is_the_verdict_the_database_gives(bob, settings):
+    settings.SMTP_DIRECTORY_CACHE = 60
+    for authenticated in (False, True):
+        slow = rcpt_decision("victim@elsewhere.test", authenticated=authenticated)
+        fast = rcpt_decision("other@elsewhere.test", authenticated=authenticated, without_database=True)
+        assert (fast.reply, fast.remote) == (slow.reply, ["other@elsewhere.test"] if authenticated else [])
+    assert rcpt_decision("bob@example.org", authenticated=True, without_database=True) is None
+
+
 def test_an_unknown_local_user_is_refused_even_for_authenticated_senders(bob):
     assert rcpt_decision("nobody@example.org", authenticated=True).reply == replies.UNKNOWN_USER
 

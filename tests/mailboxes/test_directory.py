@@ -82,3 +82,29 @@ def test_an_srs_address_for_a_hosted_sender_resolves_to_its_mailbox(bob):
     from delivery import srs
 
     assert resolve(srs.forward("bob@example.org")).mailboxes == [bob]
+
+
+def test_without_the_database_only_a_domain_known_not_to_be_hosted_is_answered(bob, settings,
+                                                                                django_assert_num_queries):
+    from delivery import srs
+
+    settings.SMTP_DIRECTORY_CACHE = 60
+    with django_assert_num_queries(0):
+        assert resolve("carol@elsewhere.test", without_database=True) is None    # not asked yet
+        assert resolve("bob%x@example.org", without_database=True).verdict is Verdict.BAD_ADDRESS
+    assert resolve("carol@elsewhere.test").verdict is Verdict.NOT_HOSTED
+    assert resolve("bob@example.org").ok
+    bounce = srs.forward("carol@elsewhere.test")
+    with django_assert_num_queries(0):
+        assert resolve("dave@elsewhere.test", without_database=True).verdict is Verdict.NOT_HOSTED
+        assert resolve("bob@example.org", without_database=True) is None          # hosted: ask
+        assert resolve(bounce, without_database=True) is None                     # our SRS: ask
+
+
+def test_a_domain_added_is_no_longer_answered_as_not_hosted_from_memory(bob, settings):
+    from domains.models import Domain
+
+    settings.SMTP_DIRECTORY_CACHE = 60
+    assert resolve("carol@elsewhere.test").verdict is Verdict.NOT_HOSTED
+    Domain.objects.create(name="elsewhere.test")
+    assert resolve("carol@elsewhere.test", without_database=True) is None
