@@ -6,9 +6,11 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def fresh_mta_sts_answers():
-    from delivery import mta_sts
+def fresh_mta_sts_and_mx_answers():
+    from delivery import mta_sts, routing
 
     mta_sts.forget_recent()
+    routing.forget_hosts()
     yield
     mta_sts.forget_recent()
+    routing.forget_hosts()

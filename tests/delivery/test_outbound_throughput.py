@@ -8,6 +8,7 @@ SMTP session does not ask the database twice whether its login may use a sender 
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -96,6 +97,28 @@ def test_mx_answers_are_cached_within_their_ttl_unless_the_cache_is_off(dns_serv
     assert [h.name for h in routing.mx_hosts("moving.test")] == ["mx1.moving.test"]
     settings.SMTP_DNS_CACHE = False
     assert [h.name for h in routing.mx_hosts("moving.test")] == ["mx2.moving.test"]
+
+
+def test_a_domains_hosts_are_remembered_until_the_first_of_their_answers_runs_out(dns_server, settings,
+                                                                                    monkeypatch):
+    dns_server.zone("moving.test", "@ 3600 IN MX 10 mx1.moving.test.", "@ 3600 IN MX 10 mx3.moving.test.",
+                    "mx1 30 IN A 127.0.0.2", "mx3 3600 IN A 127.0.0.3")
+    assert sorted(h.name for h in routing.mx_hosts("moving.test")) == ["mx1.moving.test", "mx3.moving.test"]
+    orders = {tuple(h.name for h in routing.mx_hosts("moving.test")) for _ in range(40)}
+    assert len(orders) == 2     # equal preferences are still shuffled on every call
+    dns_server.zone("moving.test", "@ 3600 IN MX 10 mx2.moving.test.", "mx2 IN A 127.0.0.2")
+    routing._caches.clear()     # dnspython's own cache would answer as before: only the memo is tested
+    assert {h.name for h in routing.mx_hosts("moving.test")} == {"mx1.moving.test", "mx3.moving.test"}
+    later = time.time() + 31    # mx1's A record (TTL 30) has run out: everything is asked again
+    monkeypatch.setattr(routing.time, "time", lambda: later)
+    assert [h.name for h in routing.mx_hosts("moving.test")] == ["mx2.moving.test"]
+
+
+def test_a_lookup_that_failed_in_part_is_not_remembered(dns_server):
+    dns_server.zone("partial.test", "@ IN MX 10 mx1.partial.test.", "@ IN MX 20 mx.unserved.test.",
+                    "mx1 IN A 127.0.0.2")
+    assert [h.name for h in routing.mx_hosts("partial.test")] == ["mx1.partial.test"]
+    assert not any(key[0] == "partial.test" for key in routing._memo)
 
 
 def test_a_sweep_splits_a_long_queue_for_one_domain_into_batches_up_to_the_concurrency_limit(bob, settings):
