@@ -26,6 +26,18 @@ LONGEST_POLL = 0.001
 class DatabaseWrapper(base.DatabaseWrapper):
     _turn_fd: int | None = None
     _has_turn = False
+    _wal_fd: int | None = None
+
+    def sync_wal(self) -> None:
+        """fsync the write-ahead log: what synchronous=FULL does inside COMMIT, for a caller
+        that committed without it and waits for the disk after releasing the writer lock
+        (delivery.db_writes.atomic_flushed_outside_lock). The descriptor is this connection's:
+        while any connection is open SQLite keeps the same log file, so it is never stale."""
+        if self.is_in_memory_db():
+            return
+        if self._wal_fd is None:
+            self._wal_fd = os.open(f"{self.settings_dict['NAME']}-wal", os.O_RDONLY)
+        os.fsync(self._wal_fd)
 
     def _start_transaction_under_autocommit(self):
         self._take_turn()
@@ -55,6 +67,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if self._turn_fd is not None:
                 os.close(self._turn_fd)
                 self._turn_fd = None
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
 
     def _turn_file(self) -> int | None:
         """One descriptor per connection: flock excludes descriptors, threads included."""

@@ -155,3 +155,67 @@ def test_an_empty_message_and_a_one_blank_line_message_are_taken_as_sent(shared_
     session.close()
     sizes = sorted(len(path.read_bytes().split(b"\r\n\r\n", 1)[-1]) for path in (bob.maildir / "new").iterdir())
     assert len(sizes) == 2
+
+
+def test_a_group_commit_is_on_disk_before_it_is_reported_done_and_syncs_outside_the_lock(
+        transactional_db, monkeypatch):
+    """The SMTP service's group commit (queue rows before their 250) does not sync inside
+    COMMIT, where SQLite's one writer lock is held; the writer fsyncs the log file itself after
+    releasing it, before any session hears that its write is done. PostgreSQL commits as usual."""
+    import os
+
+    from django.db import connection
+
+    from delivery import db_writes
+    from delivery.models import MessageLog
+
+    synced = []
+    if connection.vendor == "sqlite":
+        from mailhost.sqlite3 import base
+
+        real_fsync = base.os.fsync
+
+        def spy(fd):
+            # Which file, and whether the writer still held the lock or the transaction then.
+            synced.append((os.readlink(f"/proc/self/fd/{fd}"), connection._has_turn, connection.in_atomic_block))
+            return real_fsync(fd)
+
+        monkeypatch.setattr(base.os, "fsync", spy)
+
+    def write():
+        synced.append(("flushing inside the transaction", flushing(connection)))
+        MessageLog.objects.create(direction="submission", result="accepted", queue_id="GROUP1")
+
+    db_writes.start()
+    try:
+        db_writes.run(write)
+        if connection.vendor == "sqlite":
+            wal = str(connection.settings_dict["NAME"]) + "-wal"
+            assert synced[0] == ("flushing inside the transaction", False)
+            assert synced[1:] == [(os.path.realpath(wal), False, False)]    # before run() returned
+        else:
+            assert synced == [("flushing inside the transaction", True)]
+    finally:
+        db_writes.stop()
+    assert MessageLog.objects.filter(queue_id="GROUP1").exists()
+    assert flushing(connection)
+
+
+def test_a_group_commit_leaves_the_connection_flushing_after_it_whether_it_failed_or_not(transactional_db):
+    from django.db import connection, transaction
+
+    from delivery import db_writes
+    from delivery.models import MessageLog
+
+    with db_writes.atomic_flushed_outside_lock():
+        MessageLog.objects.create(direction="submission", result="accepted", queue_id="GROUP2")
+    assert flushing(connection)
+    try:
+        with db_writes.atomic_flushed_outside_lock():
+            raise RuntimeError("the write failed")
+    except RuntimeError:
+        pass
+    assert flushing(connection)
+    with transaction.atomic():
+        with db_writes.atomic_flushed_outside_lock():
+            assert flushing(connection)     # inside a caller's transaction its commit decides
