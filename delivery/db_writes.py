@@ -29,13 +29,14 @@ import datetime as dt
 import functools
 import logging
 import queue
+import re
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 
-from django.db import close_old_connections, connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection, connections, models, transaction
 
 log = logging.getLogger("mailhost.smtp")
 MAX_BATCH = 500
@@ -117,6 +118,37 @@ def row_values(objs: list) -> list[list]:
     return rows
 
 
+def new_row_values(model, records: list[dict]) -> list[list]:
+    """`row_values` for rows given as {attname: value} (a foreign key as `domain_id`), the
+    rest from the fields' defaults, without building model instances: Model.__init__ (its
+    signals, descriptors and per-field defaults) was a tenth of a delivery worker's time where
+    it made one log row per delivered message. Fields that set themselves on save (auto_now)
+    need an instance: `row_values`."""
+    fields, _ = _insert_sql(model, connection.vendor)
+    ops = connection.ops
+    plan = [(kind, getattr(ops, adapter) if adapter else None, args)
+            for kind, adapter, args in _shortcuts(model, connection.vendor)]
+    unknown = set().union(*records) - {f.attname for f in fields} if records else set()
+    if unknown:
+        raise TypeError(f"{model.__name__} has no column {', '.join(sorted(unknown))}")
+    rows = []
+    for record in records:
+        row = []
+        for f, (kind, adapt, args) in zip(fields, plan, strict=True):
+            if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+                raise TypeError(f"{model.__name__}.{f.name} sets itself on save: use row_values")
+            value = record[f.attname] if f.attname in record else f.get_default()
+            if value is None and kind is not None:
+                pass
+            elif type(value) is not kind or (kind is dt.datetime and value.tzinfo is None):
+                value = f.get_db_prep_save(value, connection)
+            elif adapt is not None:
+                value = adapt(value, *args)
+            row.append(value)
+        rows.append(row)
+    return rows
+
+
 # Columns whose value Django's field layers would only check and hand to the backend's adapter:
 # text (str as it is), keys (int as it is), numbers (int, through the adapter: psycopg type
 # hints on PostgreSQL), booleans and aware datetimes. Going through get_db_prep_save for every
@@ -164,36 +196,76 @@ def insert_values(model, rows: list[list], *, returning_pk: bool = False) -> int
     """INSERT rows made by `row_values`; with `returning_pk` (one row) the new primary key."""
     _, sql = _insert_sql(model, connection.vendor)
     if not returning_pk:
-        _executemany(sql, rows)
+        _statement(sql, rows, many=True).close()
         return None
     (row,) = rows
-    with _cursor() as cursor:
-        cursor.execute(f"{sql} RETURNING {connection.ops.quote_name(model._meta.pk.column)}", row)
+    cursor = _statement(f"{sql} RETURNING {connection.ops.quote_name(model._meta.pk.column)}", row)
+    try:
         return cursor.fetchone()[0]
+    finally:
+        cursor.close()
 
 
 def execute(sql: str, params: list) -> int:
-    """One statement (server-side binding on PostgreSQL, see `_cursor`); its row count."""
-    with _cursor() as cursor:
-        cursor.execute(sql, params)
+    """One statement (server-side binding on PostgreSQL, see `_statement`); its row count."""
+    cursor = _statement(sql, params)
+    try:
         return cursor.rowcount
+    finally:
+        cursor.close()
 
 
 def _executemany(sql: str, params: list) -> None:
-    with _cursor() as cursor:
-        cursor.executemany(sql, params)
+    _statement(sql, params, many=True).close()
 
 
-def _cursor():
-    """A cursor in this thread's connection and transaction. On PostgreSQL a plain psycopg one:
-    Django's psycopg cursors bind client-side (every value quoted in Python), a plain cursor
-    binds on the server, pipelines executemany and lets psycopg prepare repeated statements."""
-    if connection.vendor == "postgresql":
+def _statement(sql: str, params, *, many: bool = False):
+    """Run one statement in this thread's connection and transaction; return its open cursor.
+
+    On PostgreSQL a plain psycopg cursor: Django's psycopg cursors bind client-side (every value
+    quoted in Python), a plain cursor binds on the server, pipelines executemany and lets psycopg
+    prepare repeated statements. On SQLite a plain sqlite3 cursor, the SQL's %s placeholders
+    turned into ? once per statement text: Django's cursor wrapper, its execute wrappers and
+    its per-call placeholder rewriting cost more than the INSERT itself, on paths that run once
+    or twice per message in the SMTP service and in every delivery. On both, database errors
+    come out as Django's (and mark the connection as Django's own cursor would). While Django records
+    queries (DEBUG, a test capturing them) or someone wraps execution, its cursor runs them, so
+    they are seen.
+    """
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.vendor == "postgresql":
         import psycopg
 
-        connection.ensure_connection()
-        return psycopg.Cursor(connection.connection)
-    return connection.cursor()
+        conn.ensure_connection()
+        cursor = psycopg.Cursor(conn.connection)
+    elif conn.vendor == "sqlite" and not conn.queries_logged and not conn.execute_wrappers:
+        conn.ensure_connection()
+        with conn.wrap_database_errors:
+            cursor = conn.connection.cursor()
+            try:
+                (cursor.executemany if many else cursor.execute)(_qmark(sql), params)
+            except BaseException:
+                cursor.close()
+                raise
+        return cursor
+    else:
+        cursor = conn.cursor()
+    try:
+        with conn.wrap_database_errors:
+            (cursor.executemany if many else cursor.execute)(sql, params)
+    except BaseException:
+        cursor.close()
+        raise
+    return cursor
+
+
+_FORMAT_PLACEHOLDER = re.compile(r"(?<!%)%s")
+
+
+@functools.lru_cache(maxsize=1024)
+def _qmark(sql: str) -> str:
+    """Django's "format" placeholders as sqlite3's "qmark" ones, as Django's SQLite cursor does."""
+    return _FORMAT_PLACEHOLDER.sub("?", sql).replace("%%", "%")
 
 
 @contextmanager
@@ -256,20 +328,20 @@ def atomic_flushed_outside_lock():
 def _sqlite_commits_unsynced():
     """synchronous=NORMAL for the transaction inside (WAL mode: no sync at COMMIT), then the
     connection's own level again. SQLite sets it per connection and not inside a transaction."""
-    with connection.cursor() as cursor:
-        # The connection's own level, read once per connection (a statement per delivery).
-        known = getattr(connection, "_mailhost_sync_level", None)
-        if known is None or known[0] != id(connection.connection):
-            cursor.execute("PRAGMA synchronous")
-            known = connection._mailhost_sync_level = (id(connection.connection), cursor.fetchone()[0])
-        level = known[1]
-        cursor.execute("PRAGMA synchronous=NORMAL")
+    # The connection's own level, read once per connection (a statement per delivery).
+    connection.ensure_connection()
+    known = getattr(connection, "_mailhost_sync_level", None)
+    if known is None or known[0] != id(connection.connection):
+        cursor = _statement("PRAGMA synchronous", [])
+        known = connection._mailhost_sync_level = (id(connection.connection), cursor.fetchone()[0])
+        cursor.close()
+    level = known[1]
+    _statement("PRAGMA synchronous=NORMAL", []).close()
     try:
         yield
     finally:
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(f"PRAGMA synchronous={int(level)}")
+            _statement(f"PRAGMA synchronous={int(level)}", []).close()
         except Exception:
             # Never leave a connection that skips the flush behind: a fresh one starts synced.
             connection.close()

@@ -384,11 +384,11 @@ def record_delivered(run: str, rcpts: list[QueuedRecipient], outcome: Outcome) -
 
     now = timezone.now()
     reply = outcome.reply[:2000]
-    logs = [MessageLog(domain=r.message.sender_domain, direction=MessageLog.Direction.OUTBOUND,
-                       result=MessageLog.Result.DELIVERED, queue_id=r.message.queue_id,
-                       mail_from=r.message.sender, recipients=r.address, size=r.message.size,
-                       tls=outcome.tls_version, reply=reply)
-            for r in rcpts if r.message.sender_domain_id is not None]
+    log_values = db_writes.new_row_values(MessageLog, [
+        {"created_at": now, "domain_id": r.message.sender_domain_id, "direction": MessageLog.Direction.OUTBOUND.value,
+         "result": MessageLog.Result.DELIVERED.value, "queue_id": r.message.queue_id, "mail_from": r.message.sender,
+         "recipients": r.address, "size": r.message.size, "tls": outcome.tls_version, "reply": reply}
+        for r in rcpts if r.message.sender_domain_id is not None])
     # Statement and values made before the transaction: on SQLite it holds the writer lock
     # that every process queues for, and the ORM compiling an UPDATE held it three times longer.
     quote = connection.ops.quote_name
@@ -399,7 +399,6 @@ def record_delivered(run: str, rcpts: list[QueuedRecipient], outcome: Outcome) -
     params += [outcome.tls_version] if outcome.tls_version else []
     sql = (f"UPDATE {quote(QueuedRecipient._meta.db_table)} SET {sets} "
            f"WHERE lease_owner = %s AND id IN ({', '.join(['%s'] * len(ids))})")
-    log_values = db_writes.row_values(logs)
     # Committed without waiting for the disk (see atomic_unflushed): a power cut may repeat a
     # delivery, a worker killed at any point may not.
     with db_writes.atomic_unflushed():

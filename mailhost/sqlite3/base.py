@@ -42,7 +42,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _start_transaction_under_autocommit(self):
         self._take_turn()
         try:
-            super()._start_transaction_under_autocommit()
+            if self.queries_logged or self.execute_wrappers or self.transaction_mode is None:
+                super()._start_transaction_under_autocommit()
+            else:
+                # Straight to sqlite3: Django's cursor and its wrappers cost more than the BEGIN,
+                # once per transaction in every process. While queries are recorded or
+                # wrapped, Django's own path runs, so the BEGIN is seen.
+                with self.wrap_database_errors:
+                    self.connection.execute(f"BEGIN {self.transaction_mode}")
         except BaseException:
             self._give_turn()
             raise

@@ -5,6 +5,8 @@ from __future__ import annotations
 import smtplib
 import time
 
+import pytest
+
 from delivery.models import MessageLog, QueuedRecipient
 from mailboxes.models import Mailbox
 from mailboxes.provisioning import create_alias
@@ -219,3 +221,29 @@ def test_a_group_commit_leaves_the_connection_flushing_after_it_whether_it_faile
     with transaction.atomic():
         with db_writes.atomic_flushed_outside_lock():
             assert flushing(connection)     # inside a caller's transaction its commit decides
+
+
+def test_on_sqlites_plain_path_the_outcome_commit_runs_unsynced_between_its_own_pragmas(transactional_db, bob):
+    """What SQLite itself ran (its trace, not Django's query log, which the shortcut skips)."""
+    from django.db import connection
+
+    from delivery import queue
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's own statement trace")
+    queue.enqueue("bob@example.org", ["friend@remote.test"], b"From: bob@example.org\r\n\r\nhi\r\n")
+    [run] = queue.claim_due(run="run-1")
+    rows = queue.rows_of(run)
+    ran = []
+    connection.ensure_connection()
+    connection.connection.set_trace_callback(ran.append)
+    try:
+        queue.record_delivered(run, rows, queue.Outcome("delivered", "250 2.0.0 ok", "TLSv1.3"))
+    finally:
+        connection.connection.set_trace_callback(None)
+    shape = [sql.split(" ", 2)[0] + (" " + sql.split(" ", 2)[1] if sql.startswith(("PRAGMA", "BEGIN")) else "")
+             for sql in ran]
+    assert shape == ["PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE", "UPDATE", "INSERT", "COMMIT",
+                     "PRAGMA synchronous=2"]
+    assert QueuedRecipient.objects.get().state == QueuedRecipient.State.DELIVERED
+    assert flushing(connection)

@@ -184,3 +184,44 @@ def test_a_naive_datetime_takes_djangos_path_with_its_warning():
         values = db_writes.row_values([row])
     assert len(warned) == 1
     assert comparable(values[0]) == comparable(django_row(row))
+
+
+@settings(max_examples=200, deadline=None)
+@given(sender=TEXT, size=st.integers(0, 10**6), created=WHEN, domain=st.one_of(st.none(), st.integers(1, 9)))
+def test_log_rows_from_plain_values_are_what_django_would_write(sender, size, created, domain):
+    given_values = {"domain_id": domain, "direction": "outbound", "result": "delivered", "mail_from": sender,
+                    "recipients": sender, "size": size, "tls": "TLSv1.3", "reply": "250 ok"}
+    if created is not None:
+        given_values["created_at"] = created
+    [row] = db_writes.new_row_values(MessageLog, [given_values])
+    expected = MessageLog(**given_values)
+    if created is None:     # both take the field's default, timezone.now(), at their own instant
+        row[column(MessageLog, "created_at")] = None
+        expected.created_at = None
+    assert comparable(row) == comparable(django_row(expected))
+
+
+def column(model, name):
+    return db_writes.column_index(model, name)
+
+
+def test_log_rows_from_plain_values_refuse_a_column_the_model_does_not_have():
+    with pytest.raises(TypeError, match="no column domain"):
+        db_writes.new_row_values(MessageLog, [{"domain": None, "direction": "outbound"}])
+
+
+@pytest.mark.django_db
+def test_statements_on_the_plain_cursor_behave_as_through_djangos(bob):
+    """The shortcut past Django's cursor keeps its placeholders, its %% and its errors."""
+    from django.db import IntegrityError
+
+    assert not connection.queries_logged and not connection.execute_wrappers, "the shortcut is what runs"
+    cursor = db_writes._statement("SELECT '100%%', %s, %s", ["a", 2])
+    assert tuple(cursor.fetchone()) == ("100%", "a", 2)
+    cursor.close()
+    table = connection.ops.quote_name(MessageLog._meta.db_table)
+    assert db_writes.execute(f"UPDATE {table} SET size = size + %s WHERE id = %s", [1, -1]) == 0
+    with pytest.raises(IntegrityError):
+        db_writes.execute(f"INSERT INTO {table} (id, created_at, direction, result, queue_id, helo, tls, auth_user,"
+                          " mail_from, recipients, subject, size, reply) VALUES (%s, %s, 'x', 'y', '', '', '', '',"
+                          " '', '', '', 0, %s)", [1, None, ""])
