@@ -384,6 +384,12 @@ def insert(objs: list) -> None:
         _submit(_Insert(type(objs[0]), row_values(objs)))
 
 
+def insert_new(model, records: list[dict]) -> None:
+    """INSERT new rows given as {attname: value} (see `new_row_values`)."""
+    if records:
+        _submit(_Insert(model, new_row_values(model, records)))
+
+
 def _submit(op, wait: bool = False):
     writer = _writer
     if writer is None:

@@ -59,12 +59,12 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
 
     message = QueuedMessage(sender=sender, data=data, size=len(data), source=source, auth_user=auth_user,
                             sender_domain=sender_domain)
-    rows = [QueuedRecipient(address=rcpt, domain=domain, original_address=original_recipients.get(rcpt, ""))
-            for rcpt, domain in addresses]
     # Column values made here, in the session's thread: the transaction (on SQLite, the one
     # writer lock every process queues for) then holds only the two statements.
     message_values = db_writes.row_values([message])
-    rcpt_values = db_writes.row_values(rows)
+    rcpt_values = db_writes.new_row_values(QueuedRecipient, [
+        {"message_id": None, "address": rcpt, "domain": domain, "original_address": original_recipients.get(rcpt, "")}
+        for rcpt, domain in addresses])
     message_column = db_writes.column_index(QueuedRecipient, "message")
 
     def insert() -> QueuedMessage:
@@ -84,7 +84,10 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
     message = db_writes.run(insert)
     # In this thread, not the writer's: a slow broker must never hold up everyone's writes.
     # Inside a caller's transaction the kick still waits for its commit.
-    transaction.on_commit(kick)
+    if connection.in_atomic_block:
+        transaction.on_commit(kick)
+    else:
+        kick()
     return message
 
 

@@ -144,15 +144,14 @@ def record(tx: Transaction) -> None:
     sender_domain = _hosted_domain_id(tx.sender)
     if sender_domain:
         domain_ids.add(sender_domain)
-    direction = MessageLog.Direction.SUBMISSION if tx.submission else MessageLog.Direction.INBOUND
-    rows = [
-        MessageLog(domain_id=domain_id, direction=direction, result=tx.result, queue_id=tx.queue_id,
-                   client_ip=tx.client_ip or None, helo=tx.helo[:255], tls=tx.tls[:64],
-                   auth_user=tx.auth_user[:254], mail_from=tx.mail_from[:254],
-                   recipients=", ".join(tx.recipients), subject=tx.subject, size=tx.size, reply=tx.reply)
+    direction = (MessageLog.Direction.SUBMISSION if tx.submission else MessageLog.Direction.INBOUND).value
+    db_writes.insert_new(MessageLog, [
+        {"domain_id": domain_id, "direction": direction, "result": tx.result, "queue_id": tx.queue_id,
+         "client_ip": tx.client_ip or None, "helo": tx.helo[:255], "tls": tx.tls[:64],
+         "auth_user": tx.auth_user[:254], "mail_from": tx.mail_from[:254],
+         "recipients": ", ".join(tx.recipients), "subject": tx.subject, "size": tx.size, "reply": tx.reply}
         for domain_id in sorted(domain_ids)
-    ]
-    db_writes.insert(rows)
+    ])
 
 
 _domain_ids = DirectoryCache("sender-domain-ids", Domain)

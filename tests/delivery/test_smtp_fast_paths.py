@@ -201,6 +201,17 @@ def test_log_rows_from_plain_values_are_what_django_would_write(sender, size, cr
     assert comparable(row) == comparable(django_row(expected))
 
 
+def test_queue_recipient_rows_from_plain_values_take_the_models_defaults():
+    given_values = {"message_id": 5, "address": "a@b.example", "domain": "b.example", "original_address": ""}
+    [row] = db_writes.new_row_values(QueuedRecipient, [given_values])
+    expected = django_row(QueuedRecipient(**given_values))
+    when = column(QueuedRecipient, "next_attempt_at")    # timezone.now(), each at its own instant
+    assert row[when] is not None
+    row[when] = expected[when] = None
+    assert comparable(row) == comparable(expected)
+    assert row[column(QueuedRecipient, "state")] == "queued"
+
+
 def column(model, name):
     return db_writes.column_index(model, name)
 
