@@ -4,8 +4,11 @@ import os
 
 from celery import Celery
 
+from mailhost import broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailhost.settings")
 
+broker.use_for_filesystem_urls()
 app = Celery("mailhost")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
