@@ -5,21 +5,26 @@ polling the folder may move and read it in between, find it empty, and the worke
 JSONDecodeError ("Unrecoverable error"), leaving every queued message to wait for a restart.
 Seen under the outbound benchmark's load, about one run in eight. Here the message is written
 under a name the consumer does not take (`.part` after `.msg`) and renamed into place: a rename
-is atomic within the folder, so a consumer sees no file or the whole one. Not fsynced: a broker
+is atomic within the folder, so a consumer sees no file or the whole one; a file that still does
+not parse (another producer's) is dropped with a warning instead of the worker. Not fsynced: a broker
 message only says "look at the queue now" (DESIGN.md), and a lost one only delays mail until the
 next sweep.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
+from queue import Empty
 from time import monotonic
 
 from kombu.exceptions import ChannelError
 from kombu.transport import TRANSPORT_ALIASES, filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
+
+log = logging.getLogger(__name__)
 
 
 class Channel(filesystem.Channel):
@@ -40,6 +45,17 @@ class Channel(filesystem.Channel):
             except OSError:
                 pass
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+
+    def _get(self, queue):
+        # A file some other producer wrote non-atomically (kombu's own, in a process not yet
+        # upgraded; a hand-made one) is dropped with a warning instead of stopping the worker:
+        # a broker message only says "look at the queue now", and the periodic sweep does that.
+        try:
+            return super()._get(queue)
+        except ValueError as error:     # JSONDecodeError
+            log.warning("dropped an unreadable broker message in %s: %s", self.data_folder_in, error)
+            raise Empty() from error
 
 
 class Transport(filesystem.Transport):

@@ -78,3 +78,21 @@ def test_a_broker_message_that_cannot_be_written_leaves_nothing_for_a_worker_to_
         channel._put("q", {"n": 1})
         assert channel._get("q") == {"n": 1}
     assert list(tmp_path.glob("*.msg*")) == []
+
+
+def test_an_unreadable_broker_message_is_dropped_with_a_warning_not_the_worker(tmp_path, caplog):
+    from queue import Empty
+
+    import pytest
+    from kombu import Connection
+
+    options = {"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path), "store_processed": False,
+               "control_folder": str(tmp_path / "control")}
+    (tmp_path / "1_half-written.q.msg").write_bytes(b'{"n": ')
+    with Connection("filesystem://", transport_options=options) as connection:
+        channel = connection.default_channel
+        with pytest.raises(Empty):
+            channel._get("q")
+        channel._put("q", {"n": 2})
+        assert channel._get("q") == {"n": 2}
+    assert "dropped an unreadable broker message" in caplog.text
