@@ -98,21 +98,14 @@ def row_values(objs: list) -> list[list]:
     """
     if not objs:
         return []
-    fields, _ = _insert_sql(type(objs[0]), connection.vendor)
-    ops = connection.ops
-    plan = [(kind, getattr(ops, adapter) if adapter else None, args)
-            for kind, adapter, args in _shortcuts(type(objs[0]), connection.vendor)]
+    fields, plan = _conversion_plan(type(objs[0]))
     rows = []
     for obj in objs:
         row = []
-        for f, (kind, adapt, args) in zip(fields, plan, strict=True):
-            value = getattr(obj, f.attname)
-            if value is None and kind is not None:
-                pass
-            elif type(value) is not kind or (kind is dt.datetime and value.tzinfo is None):
+        for f, step in zip(fields, plan, strict=True):
+            value = _fast_value(getattr(obj, f.attname), *step)
+            if value is _SLOW:
                 value = f.get_db_prep_save(f.pre_save(obj, True), connection)
-            elif adapt is not None:
-                value = adapt(value, *args)
             row.append(value)
         rows.append(row)
     return rows
@@ -124,29 +117,44 @@ def new_row_values(model, records: list[dict]) -> list[list]:
     signals, descriptors and per-field defaults) was a tenth of a delivery worker's time where
     it made one log row per delivered message. Fields that set themselves on save (auto_now)
     need an instance: `row_values`."""
-    fields, _ = _insert_sql(model, connection.vendor)
-    ops = connection.ops
-    plan = [(kind, getattr(ops, adapter) if adapter else None, args)
-            for kind, adapter, args in _shortcuts(model, connection.vendor)]
+    fields, plan = _conversion_plan(model)
+    for f in fields:
+        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            raise TypeError(f"{model.__name__}.{f.name} sets itself on save: use row_values")
     unknown = set().union(*records) - {f.attname for f in fields} if records else set()
     if unknown:
         raise TypeError(f"{model.__name__} has no column {', '.join(sorted(unknown))}")
     rows = []
     for record in records:
         row = []
-        for f, (kind, adapt, args) in zip(fields, plan, strict=True):
-            if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
-                raise TypeError(f"{model.__name__}.{f.name} sets itself on save: use row_values")
-            value = record[f.attname] if f.attname in record else f.get_default()
-            if value is None and kind is not None:
-                pass
-            elif type(value) is not kind or (kind is dt.datetime and value.tzinfo is None):
-                value = f.get_db_prep_save(value, connection)
-            elif adapt is not None:
-                value = adapt(value, *args)
+        for f, step in zip(fields, plan, strict=True):
+            given = record[f.attname] if f.attname in record else f.get_default()
+            value = _fast_value(given, *step)
+            if value is _SLOW:
+                value = f.get_db_prep_save(given, connection)
             row.append(value)
         rows.append(row)
     return rows
+
+
+_SLOW = object()
+
+
+def _conversion_plan(model) -> tuple[list, list]:
+    """The model's insert columns and, per column, (exact type, adapter, its arguments)."""
+    fields, _ = _insert_sql(model, connection.vendor)
+    ops = connection.ops
+    return fields, [(kind, getattr(ops, adapter) if adapter else None, args)
+                    for kind, adapter, args in _shortcuts(model, connection.vendor)]
+
+
+def _fast_value(value, kind, adapt, args):
+    """The database value by the shortcut of `_shortcuts`, or _SLOW where Django's path must run."""
+    if value is None and kind is not None:
+        return None
+    if type(value) is not kind or (kind is dt.datetime and value.tzinfo is None):
+        return _SLOW
+    return value if adapt is None else adapt(value, *args)
 
 
 # Columns whose value Django's field layers would only check and hand to the backend's adapter:
@@ -240,14 +248,7 @@ def _statement(sql: str, params, *, many: bool = False):
         cursor = psycopg.Cursor(conn.connection)
     elif conn.vendor == "sqlite" and not conn.queries_logged and not conn.execute_wrappers:
         conn.ensure_connection()
-        with conn.wrap_database_errors:
-            cursor = conn.connection.cursor()
-            try:
-                (cursor.executemany if many else cursor.execute)(_qmark(sql), params)
-            except BaseException:
-                cursor.close()
-                raise
-        return cursor
+        cursor, sql = conn.connection.cursor(), _qmark(sql)
     else:
         cursor = conn.cursor()
     try:

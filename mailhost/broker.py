@@ -46,7 +46,6 @@ class Channel(filesystem.Channel):
                 pass
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
 
-
     def _get(self, queue):
         # A file some other producer wrote non-atomically (kombu's own, in a process not yet
         # upgraded; a hand-made one) is dropped with a warning instead of stopping the worker:
