@@ -29,15 +29,27 @@ class DatabaseWrapper(base.DatabaseWrapper):
     _wal_fd: int | None = None
 
     def sync_wal(self) -> None:
-        """fsync the write-ahead log: what synchronous=FULL does inside COMMIT, for a caller
+        """Sync the write-ahead log: what synchronous=FULL does inside COMMIT, for a caller
         that committed without it and waits for the disk after releasing the writer lock
         (delivery.db_writes.atomic_flushed_outside_lock). The descriptor is this connection's:
-        while any connection is open SQLite keeps the same log file, so it is never stale."""
+        while any connection is open SQLite keeps the same log file, so it is never stale.
+        fdatasync, as SQLite itself syncs on Linux: the frames and the file's length, without
+        the timestamps that fsync also writes through the filesystem journal."""
         if self.is_in_memory_db():
             return
+        os.fdatasync(self._wal_descriptor())
+
+    def wal_descriptor_copy(self) -> int | None:
+        """A descriptor of the write-ahead log that the caller syncs and closes, for syncing it
+        in another thread while this connection goes on to its next transaction (db_writes'
+        group commit). A copy: this connection closing its own cannot pull it from under the
+        other thread, and it keeps naming the file the commit went to."""
+        return None if self.is_in_memory_db() else os.dup(self._wal_descriptor())
+
+    def _wal_descriptor(self) -> int:
         if self._wal_fd is None:
             self._wal_fd = os.open(f"{self.settings_dict['NAME']}-wal", os.O_RDONLY)
-        os.fsync(self._wal_fd)
+        return self._wal_fd
 
     def _start_transaction_under_autocommit(self):
         self._take_turn()

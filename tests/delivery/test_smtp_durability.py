@@ -162,8 +162,8 @@ def test_an_empty_message_and_a_one_blank_line_message_are_taken_as_sent(shared_
 def test_a_group_commit_is_on_disk_before_it_is_reported_done_and_syncs_outside_the_lock(
         transactional_db, monkeypatch):
     """The SMTP service's group commit (queue rows before their 250) does not sync inside
-    COMMIT, where SQLite's one writer lock is held; the writer fsyncs the log file itself after
-    releasing it, before any session hears that its write is done. PostgreSQL commits as usual."""
+    COMMIT, where SQLite's one writer lock is held; the log file is synced after the lock is
+    released, before any session hears that its write is done. PostgreSQL commits as usual."""
     import os
 
     from django.db import connection
@@ -172,17 +172,14 @@ def test_a_group_commit_is_on_disk_before_it_is_reported_done_and_syncs_outside_
     from delivery.models import MessageLog
 
     synced = []
-    if connection.vendor == "sqlite":
-        from mailhost.sqlite3 import base
+    real_fdatasync = os.fdatasync
 
-        real_fsync = base.os.fsync
+    def spy(fd):
+        # Which file, and whether any writer (of any process) held SQLite's writer turn then.
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), writer_turn_is_taken(connection)))
+        return real_fdatasync(fd)
 
-        def spy(fd):
-            # Which file, and whether the writer still held the lock or the transaction then.
-            synced.append((os.readlink(f"/proc/self/fd/{fd}"), connection._has_turn, connection.in_atomic_block))
-            return real_fsync(fd)
-
-        monkeypatch.setattr(base.os, "fsync", spy)
+    monkeypatch.setattr(os, "fdatasync", spy)
 
     def write():
         synced.append(("flushing inside the transaction", flushing(connection)))
@@ -193,14 +190,136 @@ def test_a_group_commit_is_on_disk_before_it_is_reported_done_and_syncs_outside_
         db_writes.run(write)
         if connection.vendor == "sqlite":
             wal = str(connection.settings_dict["NAME"]) + "-wal"
-            assert synced[0] == ("flushing inside the transaction", False)
-            assert synced[1:] == [(os.path.realpath(wal), False, False)]    # before run() returned
+            assert synced == [("flushing inside the transaction", False),
+                              (os.path.realpath(wal), False)]    # before run() returned
         else:
             assert synced == [("flushing inside the transaction", True)]
     finally:
         db_writes.stop()
     assert MessageLog.objects.filter(queue_id="GROUP1").exists()
     assert flushing(connection)
+
+
+def test_the_writer_commits_the_next_batch_while_the_disk_confirms_the_last(transactional_db, monkeypatch):
+    """Pipelined group commit: a waiter is told only after a sync that began after its commit,
+    but the writer does not wait for that sync before it commits what came in meanwhile."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from delivery import db_writes
+    from delivery.models import MessageLog
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL flushes inside its own COMMIT")
+    first_sync_began, disk_confirms = threading.Event(), threading.Event()
+    syncs = []
+    real_fdatasync = os.fdatasync
+
+    def slow_disk(fd):
+        syncs.append(fd)
+        first_sync_began.set()
+        assert disk_confirms.wait(10)
+        return real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_disk)
+
+    def log_row(queue_id):
+        return lambda: MessageLog.objects.create(direction="submission", result="accepted", queue_id=queue_id)
+
+    db_writes.start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(db_writes.run, log_row("PIPE1"))
+            assert first_sync_began.wait(10)
+            second = pool.submit(db_writes.run, log_row("PIPE2"))
+            # Both rows are committed (another connection sees them) while the disk has not yet
+            # confirmed the first sync, and neither writer is told it is done.
+            assert wait_until(lambda: committed_queue_ids("PIPE") == {"PIPE1", "PIPE2"})
+            assert not first.done() and not second.done()
+            disk_confirms.set()
+            first.result(10), second.result(10)
+    finally:
+        disk_confirms.set()
+        db_writes.stop()
+    assert len(syncs) == 2      # the second commit waited for a sync of its own
+
+
+def test_bookkeeping_that_nobody_waits_for_is_not_synced_by_itself(transactional_db, monkeypatch):
+    import os
+
+    from django.db import connection
+
+    from delivery import db_writes
+    from delivery.models import MessageLog
+
+    synced = []
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(fd) or real_fdatasync(fd))
+    db_writes.start()
+    try:
+        db_writes.insert([MessageLog(direction="inbound", result="accepted", queue_id="BOOK1")])
+    finally:
+        db_writes.stop()
+    assert committed_queue_ids("BOOK") == {"BOOK1"}
+    assert synced == []
+    if connection.vendor == "sqlite":
+        db_writes.start()
+        try:
+            db_writes.run(lambda: None)     # a waited-for write is synced
+        finally:
+            db_writes.stop()
+        assert len(synced) == 1
+
+
+def writer_turn_is_taken(connection) -> bool:
+    """Does anyone hold the SQLite writer turn (mailhost.sqlite3's lock file) right now?"""
+    import fcntl
+    import os
+
+    if connection.vendor != "sqlite":
+        return False
+    fd = os.open(f"{connection.settings_dict['NAME']}-writers", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def committed_queue_ids(prefix: str) -> set[str]:
+    """Queue ids of log rows that a separate connection (another thread's) sees committed."""
+    import threading
+
+    from django.db import connection
+
+    from delivery.models import MessageLog
+
+    seen = set()
+
+    def look():
+        seen.update(MessageLog.objects.filter(queue_id__startswith=prefix).values_list("queue_id", flat=True))
+        connection.close()
+
+    reader = threading.Thread(target=look)
+    reader.start()
+    reader.join()
+    return seen
+
+
+def wait_until(condition, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_a_group_commit_leaves_the_connection_flushing_after_it_whether_it_failed_or_not(transactional_db):
