@@ -50,19 +50,53 @@ _hosted = DirectoryCache("directory-hosted", Domain, DomainAlias)
 _NOT_KNOWN = object()
 
 
-def hosted_domain_for(name: str) -> Domain | None:
+# Which names are hosted at all, while there are few enough to hold: one query each
+# SMTP_DIRECTORY_CACHE seconds then answers "not hosted" for every other name. A submission
+# service's recipients are spread over many remote domains, and each of them had cost two
+# queries and a worker-thread round trip per process every few seconds. Forgotten like `_hosted`.
+_hosted_names = DirectoryCache("directory-hosted-names", Domain, DomainAlias, max_entries=1)
+HOSTED_NAMES_HELD = 20000
+
+
+def _hosted_name_set() -> frozenset[str] | None:
+    """Every domain and active alias domain name; None when there are too many to hold."""
+    names = _hosted_names.get("names", _NOT_KNOWN)
+    if names is _NOT_KNOWN:
+        found = list(Domain.objects.values_list("name", flat=True)[:HOSTED_NAMES_HELD + 1])
+        found += DomainAlias.objects.filter(active=True).values_list("name", flat=True)[:HOSTED_NAMES_HELD + 1]
+        names = frozenset(found) if len(found) <= HOSTED_NAMES_HELD else None
+        _hosted_names.put("names", names)
+    return names
+
+
+def _remembered_hosted_domain(name: str):
+    """What hosted_domain_for would answer, from memory alone; _NOT_KNOWN when it must ask."""
     domain = _hosted.get(name, _NOT_KNOWN)
     if domain is _NOT_KNOWN:
-        domain = Domain.objects.filter(name=name).first()
-        if domain is None:
-            alias = DomainAlias.objects.select_related("target").filter(name=name, active=True).first()
-            domain = alias.target if alias else None
+        names = _hosted_names.get("names")
+        if names is not None and name not in names:
+            return None
+    return domain
+
+
+def hosted_domain_for(name: str) -> Domain | None:
+    domain = _remembered_hosted_domain(name)
+    if domain is _NOT_KNOWN:
+        names = _hosted_name_set()
+        if names is not None and name not in names:
+            domain = None
+        else:
+            domain = Domain.objects.filter(name=name).first()
+            if domain is None:
+                alias = DomainAlias.objects.select_related("target").filter(name=name, active=True).first()
+                domain = alias.target if alias else None
         _hosted.put(name, domain)
     return domain
 
 
 def forget_hosted_domains() -> None:
     _hosted.clear()
+    _hosted_names.clear()
 
 
 def is_hosted(name: str) -> bool:
@@ -78,7 +112,7 @@ def resolve(address: str, *, without_database: bool = False) -> Resolution | Non
     except AddressError as exc:
         return Resolution(Verdict.BAD_ADDRESS, reason=str(exc))
     if without_database:
-        if _hosted.get(addr.domain, _NOT_KNOWN) is not None or srs.reverse(address.strip().strip("<>")):
+        if _remembered_hosted_domain(addr.domain) is not None or srs.reverse(address.strip().strip("<>")):
             return None
         return Resolution(Verdict.NOT_HOSTED, reason=f"{addr.domain} is not hosted here")
     original = srs.reverse(address.strip().strip("<>"))  # its hash is case-sensitive

@@ -108,3 +108,41 @@ def test_a_domain_added_is_no_longer_answered_as_not_hosted_from_memory(bob, set
     assert resolve("carol@elsewhere.test").verdict is Verdict.NOT_HOSTED
     Domain.objects.create(name="elsewhere.test")
     assert resolve("carol@elsewhere.test", without_database=True) is None
+
+
+def test_one_look_at_the_hosted_names_answers_every_other_domain_as_not_hosted(bob, settings,
+                                                                               django_assert_num_queries):
+    """A submission service's recipients spread over many remote domains: after one query for
+    the hosted names, none of them costs a query (or a trip off the event loop) until the
+    memory lapses, while hosted domains and alias domains are still looked up."""
+    from domains.models import Domain, DomainAlias
+
+    settings.SMTP_DIRECTORY_CACHE = 60
+    DomainAlias.objects.create(name="example.net", target=Domain.objects.get(name="example.org"))
+    assert resolve("carol@first-remote.test").verdict is Verdict.NOT_HOSTED
+    with django_assert_num_queries(0):
+        for n in range(20):
+            assert resolve(f"someone@remote-{n}.test", without_database=True).verdict is Verdict.NOT_HOSTED
+            assert resolve(f"someone@remote-{n}.test").verdict is Verdict.NOT_HOSTED
+        assert resolve("bob@example.net", without_database=True) is None      # an alias domain: ask
+    assert resolve("bob@example.net").mailboxes == [bob]
+
+
+def test_a_domain_added_is_seen_although_the_hosted_names_were_remembered(bob, settings):
+    from domains.models import Domain
+
+    settings.SMTP_DIRECTORY_CACHE = 60
+    assert resolve("carol@later.test").verdict is Verdict.NOT_HOSTED
+    Domain.objects.create(name="later.test")
+    assert resolve("carol@later.test", without_database=True) is None
+    assert resolve("carol@later.test").verdict is Verdict.UNKNOWN_USER
+
+
+def test_with_too_many_hosted_names_to_hold_each_name_is_looked_up(bob, settings, monkeypatch):
+    from mailboxes import directory
+
+    settings.SMTP_DIRECTORY_CACHE = 60
+    monkeypatch.setattr(directory, "HOSTED_NAMES_HELD", 0)
+    assert resolve("carol@first-remote.test").verdict is Verdict.NOT_HOSTED
+    assert resolve("carol@second-remote.test", without_database=True) is None
+    assert resolve("bob@example.org").ok
