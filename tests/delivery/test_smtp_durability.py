@@ -274,6 +274,42 @@ def test_bookkeeping_that_nobody_waits_for_is_not_synced_by_itself(transactional
         assert len(synced) == 1
 
 
+def test_a_sync_that_fails_after_the_commit_fails_its_writers_without_writing_twice(transactional_db, monkeypatch):
+    """The disk refusing the sync: the session hears an error (and answers 451), the writes
+    already committed are not made a second time by a retry, and the writer carries on."""
+    import errno
+    import os
+
+    from django.db import connection
+
+    from delivery import db_writes
+    from delivery.models import MessageLog
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL flushes inside its own COMMIT")
+    real_fdatasync = os.fdatasync
+    failing = [True]
+
+    def disk(fd):
+        if failing[0]:
+            raise OSError(errno.EIO, "I/O error")
+        return real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", disk)
+    db_writes.start()
+    try:
+        with pytest.raises(OSError):
+            db_writes.run(lambda: MessageLog.objects.create(direction="submission", result="accepted",
+                                                            queue_id="EIO1"))
+        failing[0] = False
+        db_writes.run(lambda: MessageLog.objects.create(direction="submission", result="accepted",
+                                                        queue_id="EIO2"))
+    finally:
+        db_writes.stop()
+    assert sorted(MessageLog.objects.filter(queue_id__startswith="EIO").values_list("queue_id", flat=True)) == [
+        "EIO1", "EIO2"]
+
+
 def writer_turn_is_taken(connection) -> bool:
     """Does anyone hold the SQLite writer turn (mailhost.sqlite3's lock file) right now?"""
     import fcntl
