@@ -340,21 +340,21 @@ class UnsyncedLog:
 
 
 @contextmanager
-def atomic_sync_deferred(log: UnsyncedLog | None = None):
+def atomic_sync_deferred(wal: UnsyncedLog | None = None):
     """`atomic_flushed_outside_lock` with the sync left to the caller, who may do it in
     another thread (the SMTP service's writer hands it to its syncer and goes on). An error
-    raised once `log.committed` is set came after the commit: retrying the writes would make
+    raised once `wal.committed` is set came after the commit: retrying the writes would make
     them twice."""
-    log = log or UnsyncedLog()
+    wal = wal or UnsyncedLog()
     if connection.in_atomic_block or connection.vendor != "sqlite":
         with transaction.atomic():
-            yield log
-        log.committed = True
+            yield wal
+        wal.committed = True
         return
     with _sqlite_commits_unsynced(), transaction.atomic():
-        yield log
-    log.committed = True
-    log.fd = connection.wal_descriptor_copy()
+        yield wal
+    wal.committed = True
+    wal.fd = connection.wal_descriptor_copy()
 
 
 @contextmanager

@@ -63,7 +63,8 @@ def _hosted_name_set() -> frozenset[str] | None:
     names = _hosted_names.get("names", _NOT_KNOWN)
     if names is _NOT_KNOWN:
         found = list(Domain.objects.values_list("name", flat=True)[:HOSTED_NAMES_HELD + 1])
-        found += DomainAlias.objects.filter(active=True).values_list("name", flat=True)[:HOSTED_NAMES_HELD + 1]
+        if len(found) <= HOSTED_NAMES_HELD:
+            found += DomainAlias.objects.filter(active=True).values_list("name", flat=True)[:HOSTED_NAMES_HELD + 1]
         names = frozenset(found) if len(found) <= HOSTED_NAMES_HELD else None
         _hosted_names.put("names", names)
     return names

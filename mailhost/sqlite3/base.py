@@ -28,22 +28,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
     _has_turn = False
     _wal_fd: int | None = None
 
-    def sync_wal(self) -> None:
-        """Sync the write-ahead log: what synchronous=FULL does inside COMMIT, for a caller
-        that committed without it and waits for the disk after releasing the writer lock
-        (delivery.db_writes.atomic_flushed_outside_lock). The descriptor is this connection's:
-        while any connection is open SQLite keeps the same log file, so it is never stale.
-        fdatasync, as SQLite itself syncs on Linux: the frames and the file's length, without
-        the timestamps that fsync also writes through the filesystem journal."""
-        if self.is_in_memory_db():
-            return
-        os.fdatasync(self._wal_descriptor())
-
     def wal_descriptor_copy(self) -> int | None:
-        """A descriptor of the write-ahead log that the caller syncs and closes, for syncing it
-        in another thread while this connection goes on to its next transaction (db_writes'
-        group commit). A copy: this connection closing its own cannot pull it from under the
-        other thread, and it keeps naming the file the commit went to."""
+        """A descriptor of the write-ahead log that the caller syncs (fdatasync, as SQLite
+        itself does on Linux) and closes, after committing without synchronous=FULL's sync
+        inside COMMIT, where the writer lock is held (delivery.db_writes.atomic_sync_deferred).
+        A copy: this connection closing its own cannot pull it from under another thread, and
+        it keeps naming the file the commit went to; while any connection is open SQLite keeps
+        the same log file, so this connection's own descriptor is never stale."""
         return None if self.is_in_memory_db() else os.dup(self._wal_descriptor())
 
     def _wal_descriptor(self) -> int:
