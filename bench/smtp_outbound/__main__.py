@@ -1,6 +1,6 @@
 """bench/smtp_outbound: end-to-end outbound throughput, mailhost vs a private Postfix.
 
-    .venv/bin/python bench/smtp_outbound [--messages 5000] [--domains 50] [--clients 4] [--no-opendkim]
+    .venv/bin/python bench/smtp_outbound [--messages 5000] [--rounds 1] [--domains 50] [--clients 4] [--no-opendkim]
 
 mailhost: authenticated submission (runsmtp --submission, STARTTLS + AUTH PLAIN) -> queue rows
 -> Celery worker with beat (DKIM-signed at enqueue, MX looked up in a loopback nsd serving 50
@@ -36,11 +36,13 @@ import shutil
 import signal
 import smtplib
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -496,9 +498,84 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
+@dataclass
+class Round:
+    """One round's figures: mailhost's load, then the plain Postfix's (then with OpenDKIM)."""
+
+    env: dict
+    ours: float
+    our_cpu: float
+    service_cpu: list[float]
+    sample: bytes
+    theirs: float
+    their_cpu: float
+    signing: float = 0.0
+    signing_cpu: float = 0.0
+    opendkim_cpu: float = 0.0
+    kept: bytes = b""
+    key: dict | None = None
+
+    def summary(self) -> str:
+        line = (f"mailhost {self.ours:.1f} msg/s ({self.our_cpu:.2f} ms CPU/message), "
+                f"postfix {self.theirs:.1f} ({self.their_cpu:.2f}), ratio {self.ours / self.theirs:.2f}")
+        if self.signing:
+            line += f"; postfix + opendkim {self.signing:.1f}, ratio {self.ours / self.signing:.2f}"
+        return line
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> str:
+    """' (median of N rounds: lo-hi)' when there was more than one round."""
+    if len(values) < 2:
+        return ""
+    return f" (median of {len(values)} rounds: {min(values):.2f}-{max(values):.2f})"
+
+
+def run_round(args, workdir: Path, dns, sink: CountingSink, procs: list) -> Round:
+    """mailhost, then the plain Postfix, then (with --opendkim) Postfix signing, each loaded in turn
+    on its own fresh state in `workdir`, so that alternating rounds see the box the same way."""
+    env, smtp, worker, port = setup_mailhost(workdir, dns, sink, args.domains, args.concurrency,
+                                               args.processes, procs)
+    time.sleep(3)  # let the worker connect to the broker
+    before = group_cpu_seconds(smtp.pid), group_cpu_seconds(worker.pid)
+    sink.keep_next()
+    ours, our_cpu = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink)
+    service_cpu = [(group_cpu_seconds(p.pid) - b) * 1000 / args.messages
+                   for p, b in zip((smtp, worker), before, strict=True)]
+    sample = sink.kept
+    for p in (smtp, worker):
+        stop(p)
+    key = dkim_key(env) if args.opendkim else None
+    dovecot, postfix, pport = setup_postfix(workdir, sink, procs)
+    theirs, their_cpu = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink)
+    stop(postfix)
+    result = Round(env, ours, our_cpu, service_cpu, sample, theirs, their_cpu, key=key)
+    if args.opendkim:
+        # The same Postfix, Dovecot and sink, restarted with the milter: only the signing is new.
+        opendkim, milter = start_opendkim(workdir, key, procs)
+        add_milter(workdir, milter)
+        postfix = start_postfix_master(workdir, pport, procs)
+        sink.keep_next()
+        before_odk = group_cpu_seconds(opendkim.pid)
+        result.signing, result.signing_cpu = run_load(pport, args.messages, args.domains, args.clients,
+                                                      LOGIN, sink)
+        result.opendkim_cpu = (group_cpu_seconds(opendkim.pid) - before_odk) * 1000 / args.messages
+        result.kept = sink.kept
+        for p in (postfix, opendkim):
+            stop(p)
+    stop(dovecot)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate the peers this many times and print medians (a shared box's msg/s "
+                             "swings more between runs than most changes move it)")
     parser.add_argument("--domains", type=int, default=50)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
@@ -520,11 +597,12 @@ def main() -> int:
 
     nsd = shutil.which("nsd") or "/usr/sbin/nsd"
     procs: list[subprocess.Popen] = []
+    rounds: list[Round] = []
     with tempfile.TemporaryDirectory(prefix="bench-outbound-") as tmp:
-        workdir = Path(tmp)
-        workdir.chmod(0o755)  # postfix daemons run as the postfix user and must reach their queue
-        (workdir / "nsd").mkdir()
-        dns = LoopbackDns(workdir / "nsd", nsd)
+        top = Path(tmp)
+        top.chmod(0o755)  # postfix daemons run as the postfix user and must reach their queue
+        (top / "nsd").mkdir()
+        dns = LoopbackDns(top / "nsd", nsd)
         dns.zones["sink.bench"] = ["mx IN A 127.0.0.2"]
         for i in range(args.domains):
             dns.zones[f"d{i}.bench"] = ["@ IN MX 10 mx.sink.bench."]
@@ -532,64 +610,53 @@ def main() -> int:
         sink.controller.start()
         try:
             dns.restart()
-            env, smtp, worker, port = setup_mailhost(workdir, dns, sink, args.domains, args.concurrency,
-                                                       args.processes, procs)
-            time.sleep(3)  # let the worker connect to the broker
-            before = group_cpu_seconds(smtp.pid), group_cpu_seconds(worker.pid)
-            ours, our_cpu = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink)
-            service_cpu = [(group_cpu_seconds(p.pid) - b) * 1000 / args.messages
-                           for p, b in zip((smtp, worker), before, strict=True)]
-            sample = sink.sample
-            for p in (smtp, worker):
-                stop(p)
-            key = dkim_key(env) if args.opendkim else None
-            dovecot, postfix, pport = setup_postfix(workdir, sink, procs)
-            theirs, their_cpu = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink)
-            stop(postfix)
-            if args.opendkim:
-                # The same Postfix, Dovecot and sink, restarted with the milter: only the signing is new.
-                opendkim, milter = start_opendkim(workdir, key, procs)
-                add_milter(workdir, milter)
-                postfix = start_postfix_master(workdir, pport, procs)
-                sink.keep_next()
-                before_odk = group_cpu_seconds(opendkim.pid)
-                signing, signing_cpu = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink)
-                opendkim_cpu = (group_cpu_seconds(opendkim.pid) - before_odk) * 1000 / args.messages
-                kept = sink.kept
-                for p in (postfix, opendkim):
-                    stop(p)
-            stop(dovecot)
-            sign_ours, sign_pure = dkim_speed(env)
+            for n in range(1, args.rounds + 1):
+                workdir = top / f"round{n}"  # a fresh database, queue and Postfix for every round
+                workdir.mkdir(mode=0o755)
+                rounds.append(run_round(args, workdir, dns, sink, procs))
+                if args.rounds > 1:
+                    print(f"  round {n}: {rounds[-1].summary()}", flush=True)
+            sign_ours, sign_pure = dkim_speed(rounds[-1].env)
         finally:
             for p in procs:
                 stop(p)
             sink.controller.stop()
             dns.stop()
-    if args.opendkim and not signed_by(kept, key):
+    bad = next((r for r in rounds if args.opendkim and not signed_by(r.kept, r.key)), None)
+    if bad is not None:
         print("sample signed by opendkim: False", flush=True)
-        head = kept.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+        head = bad.kept.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
         print(f"a message Postfix relayed through OpenDKIM does not verify; its header:\n{head}", file=sys.stderr)
         return 1
-    print(f"messages: {args.messages} to {args.domains} domains, {args.clients} submitting clients; "
+    env = rounds[-1].env
+    ours, theirs = median([r.ours for r in rounds]), median([r.theirs for r in rounds])
+    ratios = [r.ours / r.theirs for r in rounds]
+    print(f"messages: {args.messages} to {args.domains} domains, {args.clients} submitting clients, "
+          f"{args.rounds} round{'s' if args.rounds > 1 else ''}; "
           f"database {env['DATABASE_URL'].split(':')[0]}, broker {env['CELERY_BROKER_URL'].split(':')[0]}; "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"mailhost (submission+AUTH, DKIM, Celery, MX via DNS):                  {ours:8.1f} msg/s")
     print(f"postfix  (submission+AUTH via Dovecot SASL, relaying to the same sink): {theirs:8.1f} msg/s")
-    print(f"ratio mailhost/postfix: {ours / theirs:.2f}")
+    print(f"ratio mailhost/postfix: {median(ratios):.2f}" + spread(ratios))
     if args.opendkim:
+        signing = median([r.signing for r in rounds])
         print(f"postfix + opendkim (same, signing each message with DKIM through the OpenDKIM milter): "
               f"{signing:8.1f} msg/s")
-        print(f"ratio mailhost/(postfix + opendkim): {ours / signing:.2f}")
-        signing_line = f", postfix + opendkim {signing_cpu:.2f} (opendkim {opendkim_cpu:.2f})"
+        print(f"ratio mailhost/(postfix + opendkim): {median([r.ours / r.signing for r in rounds]):.2f}"
+              + spread([r.ours / r.signing for r in rounds]))
+        signing_line = (f", postfix + opendkim {median([r.signing_cpu for r in rounds]):.2f} "
+                        f"(opendkim {median([r.opendkim_cpu for r in rounds]):.2f})")
     else:
         print(f"postfix + opendkim: skipped, {skip_opendkim}")
         signing_line = ""
     # msg/s swings with whatever else runs on the box; CPU per message does much less.
-    print(f"CPU ms/message, whole box: mailhost {our_cpu:.2f} (runsmtp {service_cpu[0]:.2f}, worker "
-          f"{service_cpu[1]:.2f}, the rest is this bench's clients and sink), postfix {their_cpu:.2f}{signing_line}")
+    print(f"CPU ms/message, whole box: mailhost {median([r.our_cpu for r in rounds]):.2f} "
+          f"(runsmtp {median([r.service_cpu[0] for r in rounds]):.2f}, "
+          f"worker {median([r.service_cpu[1] for r in rounds]):.2f}, the rest is this bench's clients and sink), "
+          f"postfix {median([r.their_cpu for r in rounds]):.2f}{signing_line}")
     print(f"DKIM RSA-2048 signature: {sign_ours:.2f} ms (OpenSSL) vs {sign_pure:.2f} ms (dkimpy pure Python), "
           f"{sign_pure / sign_ours:.1f}x faster")
-    print("sample signed:", sample.startswith(b"DKIM-Signature:"))
+    print("sample signed:", all(r.sample.startswith(b"DKIM-Signature:") for r in rounds))
     if args.opendkim:
         print("sample signed by opendkim: True")
     return 0
