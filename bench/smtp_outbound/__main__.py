@@ -516,7 +516,8 @@ class Round:
     key: dict | None = None
 
     def summary(self) -> str:
-        line = (f"mailhost {self.ours:.1f} msg/s ({self.our_cpu:.2f} ms CPU/message), "
+        line = (f"mailhost {self.ours:.1f} msg/s ({self.our_cpu:.2f} ms CPU/message: runsmtp "
+                f"{self.service_cpu[0]:.2f}, worker {self.service_cpu[1]:.2f}), "
                 f"postfix {self.theirs:.1f} ({self.their_cpu:.2f}), ratio {self.ours / self.theirs:.2f}")
         if self.signing:
             line += f"; postfix + opendkim {self.signing:.1f}, ratio {self.ours / self.signing:.2f}"
