@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 
 from django.conf import settings
+from django.db import connection
 
 from . import mta_sts, routing
 from .models import QueuedRecipient, Suppression
@@ -324,6 +325,20 @@ def _record_results(run: str, group: list[QueuedRecipient], results: dict[int, O
             record(run, r, results[r.pk])
 
 
+def _any_suppressed(domain_ids: set[int], addresses: set[str], now) -> bool:
+    """Whether any of these addresses is suppressed for any of these domains, in plain SQL.
+
+    Asked for every batch and nearly always answered no; compiling the ORM's query with its two
+    IN lists cost a tenth of a draining worker's samples, more than running it.
+    """
+    table = connection.ops.quote_name(Suppression._meta.db_table)
+    sql = (f"SELECT 1 FROM {table} WHERE domain_id IN ({', '.join(['%s'] * len(domain_ids))}) "
+           f"AND address IN ({', '.join(['%s'] * len(addresses))}) AND expires_at > %s LIMIT 1")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*domain_ids, *addresses, connection.ops.adapt_datetimefield_value(now)])
+        return cursor.fetchone() is not None
+
+
 def _drop_suppressed(run: str, rows: list[QueuedRecipient]) -> list[QueuedRecipient]:
     """Bounce recipients suppressed for their sending domain (one query per batch, not per row)."""
     from django.utils import timezone
@@ -331,8 +346,12 @@ def _drop_suppressed(run: str, rows: list[QueuedRecipient]) -> list[QueuedRecipi
     domain_ids = {r.message.sender_domain_id for r in rows if r.message.sender_domain_id}
     if not domain_ids:
         return rows
+    addresses = {r.address.lower() for r in rows}
+    now = timezone.now()
+    if not _any_suppressed(domain_ids, addresses, now):
+        return rows
     active = {(s.domain_id, s.address): s for s in Suppression.objects.filter(
-        domain_id__in=domain_ids, address__in={r.address.lower() for r in rows}, expires_at__gt=timezone.now())}
+        domain_id__in=domain_ids, address__in=addresses, expires_at__gt=now)}
     keep = []
     for r in rows:
         suppressed = active.get((r.message.sender_domain_id, r.address.lower()))

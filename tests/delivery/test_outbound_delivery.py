@@ -204,6 +204,22 @@ def test_a_delay_warning_goes_out_once_after_the_warning_time(bob, remote_mx, se
     assert b"Action: delayed" in data and b"Will-Retry-Until:" in data and b"Status: 4.4.1" in data
 
 
+def test_only_a_live_suppression_for_the_sending_domain_bounces_a_recipient(bob, sink, example_org, other_test):
+    now = timezone.now()
+    Suppression.objects.create(domain=example_org, address="lapsed@remote.test", reason="550 5.1.1",
+                               created_at=now - dt.timedelta(days=31), expires_at=now - dt.timedelta(days=1))
+    Suppression.objects.create(domain=other_test, address="elsewhere@remote.test", reason="550 5.1.1",
+                               created_at=now, expires_at=now + dt.timedelta(days=30))
+    Suppression.objects.create(domain=example_org, address="gone@remote.test", reason="550 5.1.1",
+                               created_at=now, expires_at=now + dt.timedelta(days=30))
+    message = enqueue("bob@example.org", ["lapsed@remote.test", "elsewhere@remote.test", "Gone@Remote.test"],
+                      MESSAGE)
+    run_queue()
+    states = {r.address: r.state for r in message.recipients.all()}
+    assert states == {"lapsed@remote.test": State.DELIVERED, "elsewhere@remote.test": State.DELIVERED,
+                      "Gone@Remote.test": State.BOUNCED}
+
+
 def test_suppressions_are_visible_and_removable_in_the_admin(client, superadmin, example_org):
     suppression = Suppression.objects.create(domain=example_org, address="gone@remote.test",
                                              reason="550 5.1.1 No such user here",

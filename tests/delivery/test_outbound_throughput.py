@@ -257,3 +257,38 @@ def test_rows_claimed_in_flight_by_a_worker_that_died_are_claimed_again_once_the
     assert queue.claim_due(run="next-run") == []
     assert queue.claim_due(now=timezone.now() + dt.timedelta(seconds=301), run="next-run") == ["next-run"]
     assert message.recipients.get().lease_owner == "next-run"
+
+
+def _columns(obj) -> dict:
+    return {f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields}
+
+
+def test_a_runs_rows_come_from_a_statement_compiled_once_and_equal_what_the_queryset_gives(bob, monkeypatch,
+                                                                                            django_assert_num_queries):
+    from django.db.models.sql.compiler import SQLCompiler
+
+    from delivery.models import QueuedMessage
+
+    enqueue("bob@example.org", ["a@remote.test", "b@other.remote"], MESSAGE)
+    bounce = QueuedMessage.objects.create(sender="", data=b"a DSN", size=5, source=QueuedMessage.Source.DSN)
+    QueuedRecipient.objects.create(message=bounce, address="bob@remote.test", domain="remote.test")
+    queue.claim_due(run="run-1")
+
+    rows = queue.rows_of("run-1")
+    expected = list(queue._rows_of_queryset("run-1"))
+    assert [r.pk for r in rows] == [r.pk for r in expected] and len(rows) == 3
+    for got, want in zip(rows, expected, strict=True):
+        assert _columns(got) == _columns(want), "every column, converted as the ORM converts it"
+        assert _columns(got.message) == _columns(want.message)
+        sender_domain = got.message.sender_domain
+        assert (sender_domain and _columns(sender_domain)) == (want.message.sender_domain
+                                                               and _columns(want.message.sender_domain))
+    assert {r.message.sender_domain is None for r in rows} == {True, False}, "a message without one too"
+
+    def compiled_again(*args, **kwargs):
+        raise AssertionError("rows_of compiled its statement again")
+
+    monkeypatch.setattr(SQLCompiler, "as_sql", compiled_again)
+    with django_assert_num_queries(1):  # still one query, and seen where queries are recorded
+        assert queue.rows_of("another-run") == []
+    assert [r.pk for r in queue.rows_of("run-1")] == [r.pk for r in expected]
