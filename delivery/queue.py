@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import secrets
 import time
-import weakref
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -317,13 +316,16 @@ class _CompiledRead:
 
     def __init__(self, build):
         self.build = build
-        self._compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # Kept on the connection itself: what is kept refers to it (the compiler, the backend's
+        # converters), so a weak mapping keyed by it would never let it go.
+        self.attribute = f"_compiled_read_{build.__name__}"
 
     def __call__(self, value) -> list:
         conn = connections[DEFAULT_DB_ALIAS]
-        compiled = self._compiled.get(conn)
+        compiled = getattr(conn, self.attribute, None)
         if compiled is None:
-            compiled = self._compiled[conn] = self._compile(conn)
+            compiled = self._compile(conn)
+            setattr(conn, self.attribute, compiled)
         if compiled is _UNCOMPILED:
             return list(self.build(value))
         sql, compiler, converters, model, init_list, start, end, populators = compiled

@@ -39,7 +39,6 @@ import shutil
 import signal
 import smtplib
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
@@ -85,7 +85,6 @@ class CountingSink:
         from aiosmtpd.controller import Controller
 
         self.count = 0
-        self.sample = b""
         self.kept = b""  # the message after the last keep_next()
         self.keeping = False
         self.lock = threading.Lock()
@@ -96,8 +95,6 @@ class CountingSink:
             async def handle_DATA(self, server, session, envelope):
                 with outer.lock:
                     outer.count += 1
-                    if not outer.sample:
-                        outer.sample = envelope.original_content
                     if outer.keeping:
                         outer.kept, outer.keeping = envelope.original_content, False
                 return "250 2.0.0 Ok"
@@ -527,10 +524,6 @@ class Round:
         return line
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def spread(values: list[float]) -> str:
     """' (median of N rounds: lo-hi)' when there was more than one round."""
     if len(values) < 2:
@@ -633,7 +626,11 @@ def main() -> int:
         print(f"a message Postfix relayed through OpenDKIM does not verify; its header:\n{head}", file=sys.stderr)
         return 1
     env = rounds[-1].env
-    ours, theirs = median([r.ours for r in rounds]), median([r.theirs for r in rounds])
+
+    def of(figure) -> float:
+        return median(figure(r) for r in rounds)
+
+    ours, theirs = of(lambda r: r.ours), of(lambda r: r.theirs)
     ratios = [r.ours / r.theirs for r in rounds]
     print(f"messages: {args.messages} to {args.domains} domains, {args.clients} submitting clients, "
           f"{args.rounds} round{'s' if args.rounds > 1 else ''}; "
@@ -643,21 +640,19 @@ def main() -> int:
     print(f"postfix  (submission+AUTH via Dovecot SASL, relaying to the same sink): {theirs:8.1f} msg/s")
     print(f"ratio mailhost/postfix: {median(ratios):.2f}" + spread(ratios))
     if args.opendkim:
-        signing = median([r.signing for r in rounds])
+        signing = of(lambda r: r.signing)
+        signing_ratios = [r.ours / r.signing for r in rounds]
         print(f"postfix + opendkim (same, signing each message with DKIM through the OpenDKIM milter): "
               f"{signing:8.1f} msg/s")
-        print(f"ratio mailhost/(postfix + opendkim): {median([r.ours / r.signing for r in rounds]):.2f}"
-              + spread([r.ours / r.signing for r in rounds]))
-        signing_line = (f", postfix + opendkim {median([r.signing_cpu for r in rounds]):.2f} "
-                        f"(opendkim {median([r.opendkim_cpu for r in rounds]):.2f})")
+        print(f"ratio mailhost/(postfix + opendkim): {median(signing_ratios):.2f}" + spread(signing_ratios))
+        signing_line = (f", postfix + opendkim {of(lambda r: r.signing_cpu):.2f} "
+                        f"(opendkim {of(lambda r: r.opendkim_cpu):.2f})")
     else:
         print(f"postfix + opendkim: skipped, {skip_opendkim}")
         signing_line = ""
-    # msg/s swings with whatever else runs on the box; CPU per message does much less.
-    print(f"CPU ms/message, whole box: mailhost {median([r.our_cpu for r in rounds]):.2f} "
-          f"(runsmtp {median([r.service_cpu[0] for r in rounds]):.2f}, "
-          f"worker {median([r.service_cpu[1] for r in rounds]):.2f}, the rest is this bench's clients and sink), "
-          f"postfix {median([r.their_cpu for r in rounds]):.2f}{signing_line}")
+    print(f"CPU ms/message, whole box: mailhost {of(lambda r: r.our_cpu):.2f} "
+          f"(runsmtp {of(lambda r: r.service_cpu[0]):.2f}, worker {of(lambda r: r.service_cpu[1]):.2f}, "
+          f"the rest is this bench's clients and sink), postfix {of(lambda r: r.their_cpu):.2f}{signing_line}")
     print(f"DKIM RSA-2048 signature: {sign_ours:.2f} ms (OpenSSL) vs {sign_pure:.2f} ms (dkimpy pure Python), "
           f"{sign_pure / sign_ours:.1f}x faster")
     print("sample signed:", all(r.sample.startswith(b"DKIM-Signature:") for r in rounds))
