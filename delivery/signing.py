@@ -119,7 +119,7 @@ def _include_headers(parsed_headers: list[tuple[bytes, bytes]]) -> list[bytes]:
 
 def signature_header(data: bytes, key: DkimKey) -> bytes:
     """One `DKIM-Signature:` header line (CRLF-terminated) for `data`, relaxed/relaxed."""
-    headers, body = dkim.rfc822_parse(data)
+    headers, body = parse(data)
     canon = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
     include = _include_headers(headers)
     if b"from" not in include:
@@ -140,6 +140,18 @@ def signature_header(data: bytes, key: DkimKey) -> bytes:
     signature = base64.b64encode(_raw_sign(key, bytes(collected.data)))
     folded_b = b"\r\n\t".join(signature[i:i + 72] for i in range(0, len(signature), 72))
     return b"DKIM-Signature: " + value + folded_b + b"\r\n"
+
+
+def parse(data: bytes) -> tuple[list, bytes]:
+    """dkim.rfc822_parse(data) for a prepared (CRLF) message, with dkimpy parsing the header
+    block alone: it splits the whole message into lines and joins the body's lines back, a
+    quarter of the signer's Python for a 4 KiB message, where the body is simply what follows
+    the first empty line."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or data.startswith(b"\r\n"):
+        return dkim.rfc822_parse(data)
+    headers, _ = dkim.rfc822_parse(data[:end + 2])
+    return headers, data[end + 4:]
 
 
 def relaxed_body(body: bytes) -> bytes:

@@ -236,3 +236,19 @@ def test_statements_on_the_plain_cursor_behave_as_through_djangos(bob):
         db_writes.execute(f"INSERT INTO {table} (id, created_at, direction, result, queue_id, helo, tls, auth_user,"
                           " mail_from, recipients, subject, size, reply) VALUES (%s, %s, 'x', 'y', '', '', '', '',"
                           " '', '', '', 0, %s)", [1, None, ""])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([
+    b"From: a@b.c", b"Subject: x", b"To:y", b" folded", b"\tfolded", b"From x", b"a", b" ", b":",
+    b"\r\n", b"\r\n\r\n", b"body", b".",
+]), max_size=30))
+def test_the_signer_splits_headers_from_the_body_as_dkimpy_does(pieces):
+    data = signing.normalize_crlf(b"".join(pieces))
+    try:
+        expected = dkim.rfc822_parse(data)
+    except Exception as exc:  # noqa: BLE001 - whatever dkimpy refuses, the signer refuses alike
+        with pytest.raises(type(exc)):
+            signing.parse(data)
+        return
+    assert signing.parse(data) == expected
