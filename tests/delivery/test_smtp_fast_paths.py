@@ -252,3 +252,16 @@ def test_the_signer_splits_headers_from_the_body_as_dkimpy_does(pieces):
             signing.parse(data)
         return
     assert signing.parse(data) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["a", "Z", "@", ".", "é", "\U0001f600", "\udc80", "\udcc3", "\udcff"])))
+def test_bytes_that_are_not_utf8_are_told_apart_from_text_that_is(text):
+    """aiosmtpd decodes SMTPUTF8 arguments with surrogateescape: undecodable bytes arrive as
+    lone surrogates, and the ASCII shortcut must not let them through."""
+    try:
+        text.encode("utf-8")
+        valid = True
+    except UnicodeEncodeError:
+        valid = False
+    assert smtp_policy.is_valid_utf8(text) == valid
