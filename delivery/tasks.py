@@ -12,7 +12,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from . import outbound, queue
+from . import outbound, queue, retention
 
 
 def _batches_per_task() -> int:
@@ -38,3 +38,9 @@ def deliver(tokens: str | list[str]) -> None:
     run, rows = queue.take_over(tokens)
     outbound.deliver_batch(run, rows)
     outbound.deliver_due(getattr(settings, "QUEUE_DRAIN_SECONDS", 10.0), _batches_per_task())
+
+
+@shared_task(name="delivery.purge", ignore_result=True)
+def purge() -> dict[str, int]:
+    """Finished mail, old message-log rows and lapsed suppressions (delivery/retention.py)."""
+    return retention.purge()

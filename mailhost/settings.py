@@ -131,6 +131,10 @@ MIN_PASSWORD_LENGTH = env.int("MIN_PASSWORD_LENGTH", default=8)
 DKIM_SELECTOR_PREFIX = env.str("DKIM_SELECTOR_PREFIX", default="mh")
 QUEUE_LIFETIME = env.int("QUEUE_LIFETIME", default=5 * 24 * 3600)
 QUEUE_DELAY_WARNING = env.int("QUEUE_DELAY_WARNING", default=4 * 3600)
+# Retention (delivery/retention.py, hourly): a message finished for every recipient stays this
+# long for `queue list` and the admin; the portal's message log keeps this many days (0: for good).
+QUEUE_KEEP_FINISHED = env.int("QUEUE_KEEP_FINISHED", default=24 * 3600)
+MESSAGE_LOG_DAYS = env.int("MESSAGE_LOG_DAYS", default=90)
 # Outbound delivery (docs/outbound.md).
 QUEUE_SWEEP_INTERVAL = env.float("QUEUE_SWEEP_INTERVAL", default=5.0)
 QUEUE_LEASE_SECONDS = env.int("QUEUE_LEASE_SECONDS", default=300)
@@ -188,6 +192,7 @@ CELERY_BEAT_SCHEDULE["recount-mailbox-usage"] = {"task": "webmail.tasks.recount_
 # one does the same work, and busy workers are draining the queue anyway (delivery/tasks.py).
 CELERY_BEAT_SCHEDULE["delivery-dispatch-due"] = {"task": "delivery.dispatch_due", "schedule": QUEUE_SWEEP_INTERVAL,
                                                  "options": {"expires": QUEUE_SWEEP_INTERVAL}}
+CELERY_BEAT_SCHEDULE["delivery-purge"] = {"task": "delivery.purge", "schedule": 3600, "options": {"expires": 3600}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
 
 INSTALLED_APPS = [
