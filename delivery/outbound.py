@@ -36,6 +36,12 @@ DRAIN_GATHER_SECONDS = 0.1
 DRAIN_GATHER_ROWS = 50
 
 
+def relay_login() -> tuple[str, str] | None:
+    """(user, password) for SMTP_RELAY_HOST when SMTP_RELAY_USER is set, else None."""
+    user = getattr(settings, "SMTP_RELAY_USER", "")
+    return (user, getattr(settings, "SMTP_RELAY_PASSWORD", "")) if user else None
+
+
 class HostFailed(Exception):
     """This host cannot take mail right now; try the next one."""
 
@@ -76,6 +82,9 @@ class Connection:
         self.smtp = smtp
         try:
             self._hello(relay)
+        except HostFailed:
+            self.close()
+            raise
         except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
             self.close()
             raise HostFailed(f"{host.name}: {exc}") from exc
@@ -86,19 +95,37 @@ class Connection:
             code, msg = self.smtp.helo()
             if not 200 <= code < 300:
                 raise HostFailed(_reply(code, msg))
+        login = relay_login() if relay else None
+        # Credentials go only over TLS to a smarthost whose certificate checks out, as a policy in
+        # enforce mode demands of an MX: otherwise anyone on the path could read and replay them.
+        verify = self.policy.enforced or login is not None
         if self.smtp.has_extn("starttls"):
-            ctx = mta_sts.tls_context(verify=self.policy.enforced)
+            ctx = mta_sts.tls_context(verify=verify)
             # smtplib checks the certificate against the address it connected to: use the MX name.
             self.smtp._host = self.host.name
             code, msg = self.smtp.starttls(context=ctx)
             if code != 220:
-                if self.policy.enforced:
+                if verify:
                     raise HostFailed(f"{self.host.name} refused STARTTLS: {_reply(code, msg)}")
                 return
             self.tls_version = self.smtp.sock.version() or ""
             self.smtp.ehlo()  # RFC 3207: forget what was said before TLS and greet again
         elif self.policy.enforced:
             raise HostFailed(f"{self.host.name} offers no STARTTLS but MTA-STS enforces TLS")
+        elif login is not None:
+            raise HostFailed(f"{self.host.name} offers no STARTTLS: the relay credentials are never sent in plaintext")
+        if login is not None:
+            self._login(*login)
+
+    def _login(self, user: str, password: str) -> None:
+        """AUTH at the smarthost; a refusal defers the mail (a password fixed later sends it)."""
+        try:
+            self.smtp.login(user, password)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise HostFailed(f"{self.host.name} refused the relay credentials: "
+                             f"{_reply(exc.smtp_code, exc.smtp_error)}") from exc
+        except smtplib.SMTPException as exc:  # no AUTH offered, or no mechanism in common
+            raise HostFailed(f"{self.host.name} cannot take the relay credentials: {exc}") from exc
 
     def send(self, sender: str, rcpts: list[QueuedRecipient], data: bytes) -> dict[int, Outcome]:
         """One transaction; an Outcome per recipient. Raises HostFailed when the session broke."""

@@ -103,6 +103,11 @@ DNS_RESOLVERS = _resolvers(env.str("DNS_RESOLVERS", default=""))
 SMTP_OUTBOUND_PORT = env.int("SMTP_OUTBOUND_PORT", default=25)
 _relay = env.str("SMTP_RELAY_HOST", default="")
 SMTP_RELAY_HOST = host_port("SMTP_RELAY_HOST", _relay) if _relay else None
+# AUTH at the smarthost (SES, SendGrid, an ISP's relay): only over STARTTLS with a verified certificate.
+SMTP_RELAY_USER = env.str("SMTP_RELAY_USER", default="")
+SMTP_RELAY_PASSWORD = env.str("SMTP_RELAY_PASSWORD", default="")
+if (SMTP_RELAY_USER or SMTP_RELAY_PASSWORD) and not (SMTP_RELAY_HOST and SMTP_RELAY_USER):
+    raise ImproperlyConfigured("SMTP_RELAY_USER and SMTP_RELAY_PASSWORD need SMTP_RELAY_HOST and a user name")
 SMTP_TLS_CERT = env.str("SMTP_TLS_CERT", default="")
 SMTP_TLS_KEY = env.str("SMTP_TLS_KEY", default="")
 if bool(SMTP_TLS_CERT) != bool(SMTP_TLS_KEY):

@@ -72,13 +72,29 @@ class SinkHandler:
 class Sink:
     """A real aiosmtpd server on 127.0.0.x:port, optionally offering STARTTLS."""
 
-    def __init__(self, host: str = "127.0.0.2", port: int | None = None, tls: ssl.SSLContext | None = None):
+    def __init__(self, host: str = "127.0.0.2", port: int | None = None, tls: ssl.SSLContext | None = None,
+                 logins: dict[str, str] | None = None):
+        """`logins`: a smarthost that takes mail only after AUTH (over TLS) as one of these users."""
         self.handler = SinkHandler()
         self.host = host
         self.port = port or free_port()
+        self.logins: list[str] = []
+        auth = {}
+        if logins is not None:
+            auth = {"authenticator": self._authenticator(logins), "auth_required": True, "auth_require_tls": True}
         self.controller = Controller(self.handler, hostname=host, port=self.port, tls_context=tls,
                                      require_starttls=False, server_hostname="sink.test",
-                                     ready_timeout=10)
+                                     ready_timeout=10, **auth)
+
+    def _authenticator(self, logins: dict[str, str]):
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        def check(server, session, envelope, mechanism, data):
+            ok = isinstance(data, LoginPassword) and logins.get(data.login.decode()) == data.password.decode()
+            if ok:
+                self.logins.append(data.login.decode())
+            return AuthResult(success=ok, handled=False)  # a refusal answers 535
+        return check
 
     def __enter__(self) -> Sink:
         self.controller.start()

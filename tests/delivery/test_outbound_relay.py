@@ -1,0 +1,98 @@
+"""SMTP_RELAY_HOST with SMTP_RELAY_USER / SMTP_RELAY_PASSWORD: mail goes to the smarthost with
+AUTH, only over STARTTLS with a certificate that checks out; a refusal defers, never bounces.
+
+The smarthost is a real aiosmtpd server on loopback that takes mail only after AUTH, with a
+certificate for `localhost` issued by a test CA (MTA_STS_CA_FILE is the trust store)."""
+
+from __future__ import annotations
+
+import pytest
+
+from delivery.models import QueuedRecipient
+from delivery.queue import enqueue
+from tests.delivery.outbound_peers import CertificateAuthority, Sink, self_signed_context
+from tests.delivery.test_outbound_delivery import MESSAGE, run_queue
+
+State = QueuedRecipient.State
+USER, PASSWORD = "mailhost@relay.test", "relay secret 1"
+
+
+@pytest.fixture
+def ca(tmp_path, settings):
+    authority = CertificateAuthority(tmp_path)
+    settings.MTA_STS_CA_FILE = str(authority.bundle)
+    return authority
+
+
+def use_smarthost(settings, sink: Sink, password: str = PASSWORD) -> None:
+    settings.SMTP_RELAY_HOST = ("localhost", sink.port)
+    settings.SMTP_RELAY_USER, settings.SMTP_RELAY_PASSWORD = USER, password
+
+
+def test_mail_goes_to_the_smarthost_authenticated_over_verified_tls(bob, settings, ca):
+    with Sink(host="127.0.0.1", tls=ca.server_context("localhost"), logins={USER: PASSWORD}) as smarthost:
+        use_smarthost(settings, smarthost)
+        message = enqueue("bob@example.org", ["someone@remote.test", "other@elsewhere.test"], MESSAGE)
+        run_queue()
+        received = smarthost.wait_for(2)
+    assert smarthost.logins and set(smarthost.logins) == {USER}
+    assert sorted(r for m in received for r in m.rcpt_tos) == ["other@elsewhere.test", "someone@remote.test"]
+    assert all(m.tls for m in received)
+    assert {r.state for r in message.recipients.all()} == {State.DELIVERED}
+
+
+def test_a_refused_password_defers_the_mail_with_the_smarthosts_reply(bob, settings, ca):
+    with Sink(host="127.0.0.1", tls=ca.server_context("localhost"), logins={USER: PASSWORD}) as smarthost:
+        use_smarthost(settings, smarthost, password="wrong")
+        message = enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+        run_queue()
+        assert smarthost.messages == [] and smarthost.logins == []
+    rcpt = message.recipients.get()
+    assert rcpt.state == State.DEFERRED
+    assert "refused the relay credentials" in rcpt.last_reply and "535" in rcpt.last_reply
+
+
+def test_credentials_are_never_sent_to_a_smarthost_without_starttls(bob, settings):
+    with Sink(host="127.0.0.1", logins={USER: PASSWORD}) as smarthost:
+        use_smarthost(settings, smarthost)
+        message = enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+        run_queue()
+        assert smarthost.messages == [] and smarthost.logins == []
+    rcpt = message.recipients.get()
+    assert rcpt.state == State.DEFERRED and "never sent in plaintext" in rcpt.last_reply
+
+
+def test_credentials_are_never_sent_to_a_smarthost_whose_certificate_does_not_check_out(bob, settings, ca,
+                                                                                       tmp_path):
+    untrusted = tmp_path / "untrusted"
+    untrusted.mkdir()
+    with Sink(host="127.0.0.1", tls=self_signed_context(untrusted, "localhost"),
+              logins={USER: PASSWORD}) as smarthost:
+        use_smarthost(settings, smarthost)
+        message = enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+        run_queue()
+        assert smarthost.messages == [] and smarthost.logins == []
+    rcpt = message.recipients.get()
+    assert rcpt.state == State.DEFERRED and "certificate" in rcpt.last_reply.lower()
+
+
+def test_a_smarthost_without_credentials_still_takes_mail_over_opportunistic_tls(bob, settings, tmp_path):
+    with Sink(host="127.0.0.1", tls=self_signed_context(tmp_path, "localhost")) as smarthost:
+        settings.SMTP_RELAY_HOST = ("localhost", smarthost.port)
+        enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+        run_queue()
+        [received] = smarthost.wait_for(1)
+    assert received.tls and smarthost.logins == []
+
+
+def test_relay_credentials_without_a_relay_host_are_a_configuration_error(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "SMTP_RELAY_USER": USER, "SMTP_RELAY_PASSWORD": PASSWORD,
+                                 "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"})
+    assert result.returncode != 0
+    assert "SMTP_RELAY_USER and SMTP_RELAY_PASSWORD need SMTP_RELAY_HOST" in result.stderr
