@@ -45,15 +45,9 @@ def purge_finished_messages(now: dt.datetime) -> int:
     the attempt it was due at (the outcome does not move it): at most one retry interval early.
     """
     cutoff = now - dt.timedelta(seconds=settings.QUEUE_KEEP_FINISHED)
-    deleted = 0
-    while True:
-        # Final states are final (`queue retry` takes pending recipients only, nothing adds a
-        # recipient to a stored message), so what the read finds finished stays finished.
-        with transaction.atomic():
-            ids = list(_finished_before(cutoff).values_list("pk", flat=True)[:CHUNK])
-            if not ids:
-                return deleted
-            deleted += QueuedMessage.objects.filter(pk__in=ids).delete()[1].get(QueuedMessage._meta.label, 0)
+    # Final states are final (`queue retry` takes pending recipients only, nothing adds a
+    # recipient to a stored message), so what a chunk's read finds finished stays finished.
+    return _delete_in_chunks(QueuedMessage, _finished_before(cutoff))
 
 
 def _finished_before(cutoff: dt.datetime):
@@ -62,7 +56,7 @@ def _finished_before(cutoff: dt.datetime):
         Q(state__in=QueuedRecipient.PENDING_STATES)
         | Q(delivered_at__gte=cutoff)
         | Q(delivered_at__isnull=True, next_attempt_at__gte=cutoff))
-    return QueuedMessage.objects.filter(created_at__lt=cutoff).exclude(Exists(recent_or_pending)).order_by()
+    return QueuedMessage.objects.filter(created_at__lt=cutoff).exclude(Exists(recent_or_pending))
 
 
 def purge_message_log(now: dt.datetime) -> int:
@@ -70,14 +64,19 @@ def purge_message_log(now: dt.datetime) -> int:
     days = settings.MESSAGE_LOG_DAYS
     if days <= 0:
         return 0
-    cutoff = now - dt.timedelta(days=days)
+    return _delete_in_chunks(MessageLog, MessageLog.objects.filter(created_at__lt=now - dt.timedelta(days=days)))
+
+
+def _delete_in_chunks(model, candidates) -> int:
+    """Delete `candidates` (rows of `model`, their dependants cascading) CHUNK at a time, each
+    chunk read and deleted in one transaction; how many rows of `model` went."""
     deleted = 0
     while True:
         with transaction.atomic():
-            ids = list(MessageLog.objects.filter(created_at__lt=cutoff).order_by().values_list("pk", flat=True)[:CHUNK])
+            ids = list(candidates.order_by().values_list("pk", flat=True)[:CHUNK])
             if not ids:
                 return deleted
-            deleted += MessageLog.objects.filter(pk__in=ids).delete()[0]
+            deleted += model.objects.filter(pk__in=ids).delete()[1].get(model._meta.label, 0)
 
 
 def purge_lapsed_suppressions(now: dt.datetime) -> int:
