@@ -58,6 +58,35 @@ def _kind(code: int) -> str:
     return "bounced" if 500 <= code < 600 else "deferred"
 
 
+class _HandshakeFailed(Exception):
+    """The TLS handshake (or the greeting right after it) broke the session."""
+
+
+def relay_implicit_tls() -> bool:
+    """Whether the smarthost speaks TLS from the first byte (RFC 8314) instead of STARTTLS."""
+    return getattr(settings, "SMTP_RELAY_TLS", "starttls") == "implicit"
+
+
+class _ImplicitTLS(smtplib.SMTP):
+    """smtplib's SMTP over a socket wrapped in TLS before the banner, checked against `server_name`.
+
+    smtplib.SMTP_SSL checks the certificate against the address it connected to; we connect to
+    an address and check the smarthost's name, as for STARTTLS.
+    """
+
+    def __init__(self, server_name: str, context: ssl.SSLContext, **kwargs):
+        self.server_name, self.context = server_name, context
+        super().__init__(**kwargs)
+
+    def _get_socket(self, host, port, timeout):
+        sock = super()._get_socket(host, port, timeout)
+        try:
+            return self.context.wrap_socket(sock, server_hostname=self.server_name)
+        except BaseException:
+            sock.close()
+            raise
+
+
 class Connection:
     """An SMTP session to one host, with TLS as the policy demands."""
 
@@ -66,56 +95,96 @@ class Connection:
         self.policy = policy
         self.tls_version = ""
         self.smtp: smtplib.SMTP | None = None
-        timeout = getattr(settings, "SMTP_OUTBOUND_TIMEOUT", 60)
         if policy.enforced and not policy.allows(host.name):
             raise HostFailed(f"{host.name} is not listed in the MTA-STS policy")
-        errors = []
-        for address in host.addresses:
-            try:
-                smtp = smtplib.SMTP(timeout=timeout, local_hostname=settings.MAIL_HOSTNAME)
-                smtp.connect(address, host.port)
-                break
-            except (OSError, smtplib.SMTPException) as exc:
-                errors.append(f"{address}: {exc}")
-        else:
-            raise HostFailed(f"cannot connect to {host.name}: {'; '.join(errors)}")
-        self.smtp = smtp
+        login = relay_login() if relay else None
+        # Certificates are checked where a policy demands TLS, and where credentials ride on it:
+        # otherwise anyone on the path could read and replay them.
+        verify = policy.enforced or login is not None
+        implicit = relay and relay_implicit_tls()
+        address = self._connect(host.addresses, mta_sts.tls_context(verify=verify) if implicit else None)
         try:
-            self._hello(relay)
+            try:
+                self._hello(login, verify, starttls=not implicit)
+            except _HandshakeFailed as exc:
+                if verify or implicit:
+                    raise HostFailed(f"{host.name}: TLS handshake failed: {exc}") from exc
+                # Opportunistic TLS that breaks must not cost the mail (RFC 7435): like Postfix,
+                # try the same address again on a fresh connection, without STARTTLS.
+                log.info("%s: TLS handshake failed (%s); retrying in plaintext", host.name, exc)
+                self.close()
+                self._connect((address,), None)
+                self._hello(login, verify, starttls=False)
         except HostFailed:
             self.close()
             raise
-        except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+        except (OSError, smtplib.SMTPException) as exc:
             self.close()
             raise HostFailed(f"{host.name}: {exc}") from exc
 
-    def _hello(self, relay: bool) -> None:
+    def _connect(self, addresses: tuple[str, ...], implicit_tls: ssl.SSLContext | None) -> str:
+        """Open `self.smtp` to the first address that answers; which one it was."""
+        timeout = getattr(settings, "SMTP_OUTBOUND_TIMEOUT", 60)
+        errors = []
+        for address in addresses:
+            if implicit_tls:
+                smtp = _ImplicitTLS(self.host.name, implicit_tls, timeout=timeout,
+                                    local_hostname=settings.MAIL_HOSTNAME)
+            else:
+                smtp = smtplib.SMTP(timeout=timeout, local_hostname=settings.MAIL_HOSTNAME)
+            try:
+                smtp.connect(address, self.host.port)
+            except ssl.SSLError as exc:  # implicit TLS: nothing was said in plaintext, nothing will be
+                smtp.close()
+                raise HostFailed(f"{self.host.name}: TLS handshake failed: {exc}") from exc
+            except (OSError, smtplib.SMTPException) as exc:
+                smtp.close()
+                errors.append(f"{address}: {exc}")
+                continue
+            self.smtp = smtp
+            if implicit_tls:
+                self.tls_version = smtp.sock.version() or ""
+            return address
+        raise HostFailed(f"cannot connect to {self.host.name}: {'; '.join(errors)}")
+
+    def _hello(self, login: tuple[str, str] | None, verify: bool, starttls: bool) -> None:
         code, msg = self.smtp.ehlo()
         if not 200 <= code < 300:
             code, msg = self.smtp.helo()
             if not 200 <= code < 300:
                 raise HostFailed(_reply(code, msg))
-        login = relay_login() if relay else None
-        # Credentials go only over TLS to a smarthost whose certificate checks out, as a policy in
-        # enforce mode demands of an MX: otherwise anyone on the path could read and replay them.
-        verify = self.policy.enforced or login is not None
-        if self.smtp.has_extn("starttls"):
-            ctx = mta_sts.tls_context(verify=verify)
-            # smtplib checks the certificate against the address it connected to: use the MX name.
-            self.smtp._host = self.host.name
-            code, msg = self.smtp.starttls(context=ctx)
-            if code != 220:
-                if verify:
-                    raise HostFailed(f"{self.host.name} refused STARTTLS: {_reply(code, msg)}")
-                return
-            self.tls_version = self.smtp.sock.version() or ""
-            self.smtp.ehlo()  # RFC 3207: forget what was said before TLS and greet again
-        elif self.policy.enforced:
-            raise HostFailed(f"{self.host.name} offers no STARTTLS but MTA-STS enforces TLS")
-        elif login is not None:
-            raise HostFailed(f"{self.host.name} offers no STARTTLS: the relay credentials are never sent in plaintext")
+        if starttls and self.smtp.has_extn("starttls"):
+            self._starttls(verify)
+        if not self.tls_version:
+            if self.policy.enforced:
+                raise HostFailed(f"{self.host.name} offers no STARTTLS but MTA-STS enforces TLS")
+            if login is not None:
+                raise HostFailed(f"{self.host.name} offers no STARTTLS: the relay credentials are never sent "
+                                 f"in plaintext")
         if login is not None:
             self._login(*login)
+
+    def _starttls(self, verify: bool) -> None:
+        ctx = mta_sts.tls_context(verify=verify)
+        # smtplib checks the certificate against the address it connected to: use the MX name.
+        self.smtp._host = self.host.name
+        try:
+            self.smtp.starttls(context=ctx)
+        except smtplib.SMTPResponseException as exc:
+            # A refusal (454 and the like) leaves the session in plaintext (RFC 3207): go on in it
+            # unless TLS is required, which the caller checks.
+            log.info("%s refused STARTTLS: %s", self.host.name, _reply(exc.smtp_code, exc.smtp_error))
+            if verify:
+                raise HostFailed(f"{self.host.name} refused STARTTLS: "
+                                 f"{_reply(exc.smtp_code, exc.smtp_error)}") from exc
+            return
+        except (OSError, smtplib.SMTPException) as exc:  # ssl.SSLError, a peer that hung up
+            raise _HandshakeFailed(str(exc) or type(exc).__name__) from exc
+        try:
+            self.smtp.ehlo()  # RFC 3207: forget what was said before TLS and greet again
+        except (OSError, smtplib.SMTPException) as exc:
+            raise _HandshakeFailed(str(exc) or type(exc).__name__) from exc
+        self.tls_version = self.smtp.sock.version() or ""
 
     def _login(self, user: str, password: str) -> None:
         """AUTH at the smarthost; a refusal defers the mail (a password fixed later sends it)."""

@@ -103,7 +103,13 @@ DNS_RESOLVERS = _resolvers(env.str("DNS_RESOLVERS", default=""))
 SMTP_OUTBOUND_PORT = env.int("SMTP_OUTBOUND_PORT", default=25)
 _relay = env.str("SMTP_RELAY_HOST", default="")
 SMTP_RELAY_HOST = host_port("SMTP_RELAY_HOST", _relay) if _relay else None
-# AUTH at the smarthost (SES, SendGrid, an ISP's relay): only over STARTTLS with a verified certificate.
+# How the smarthost's TLS starts: `starttls`, or `implicit` (RFC 8314, TLS from the first byte, as
+# Postfix's smtp_tls_wrappermode), the default for port 465 where nothing else is spoken.
+SMTP_RELAY_TLS = env.str("SMTP_RELAY_TLS", default="implicit" if SMTP_RELAY_HOST and SMTP_RELAY_HOST[1] == 465
+                         else "starttls")
+if SMTP_RELAY_TLS not in ("starttls", "implicit"):
+    raise ImproperlyConfigured(f"SMTP_RELAY_TLS must be starttls or implicit, not {SMTP_RELAY_TLS!r}")
+# AUTH at the smarthost (SES, SendGrid, an ISP's relay): only over TLS with a verified certificate.
 SMTP_RELAY_USER = env.str("SMTP_RELAY_USER", default="")
 SMTP_RELAY_PASSWORD = env.str("SMTP_RELAY_PASSWORD", default="")
 if (SMTP_RELAY_USER or SMTP_RELAY_PASSWORD) and not (SMTP_RELAY_HOST and SMTP_RELAY_USER):

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,8 @@ class SinkHandler:
 
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
-                                      id(session), session.ssl is not None))
+                                      id(session), session.ssl is not None
+                                      or server.transport.get_extra_info("ssl_object") is not None))
         return "250 2.0.0 Ok: queued"
 
     @property
@@ -69,22 +71,40 @@ class SinkHandler:
         return len({m.session for m in self.messages})
 
 
+class _RefusingStarttls(Controller):
+    """Offers STARTTLS and refuses it, as a peer whose TLS is misconfigured answers 454."""
+
+    def factory(self):
+        server = super().factory()
+        reply = self.starttls_reply
+
+        async def smtp_STARTTLS(arg):
+            await server.push(reply)
+        server._smtp_methods["STARTTLS"] = smtp_STARTTLS
+        return server
+
+
 class Sink:
     """A real aiosmtpd server on 127.0.0.x:port, optionally offering STARTTLS."""
 
     def __init__(self, host: str = "127.0.0.2", port: int | None = None, tls: ssl.SSLContext | None = None,
-                 logins: dict[str, str] | None = None):
-        """`logins`: a smarthost that takes mail only after AUTH (over TLS) as one of these users."""
+                 logins: dict[str, str] | None = None, implicit_tls: bool = False, starttls_reply: str = ""):
+        """`logins`: a smarthost that takes mail only after AUTH (over TLS) as one of these users.
+        `implicit_tls`: `tls` wraps the connection from its first byte (port 465 style).
+        `starttls_reply`: STARTTLS is offered but answered with this refusal."""
         self.handler = SinkHandler()
         self.host = host
         self.port = port or free_port()
         self.logins: list[str] = []
-        auth = {}
+        kwargs = {"ssl_context": tls} if implicit_tls else {"tls_context": tls, "require_starttls": False}
         if logins is not None:
-            auth = {"authenticator": self._authenticator(logins), "auth_required": True, "auth_require_tls": True}
-        self.controller = Controller(self.handler, hostname=host, port=self.port, tls_context=tls,
-                                     require_starttls=False, server_hostname="sink.test",
-                                     ready_timeout=10, **auth)
+            # aiosmtpd counts only STARTTLS as TLS; an implicit-TLS connection is TLS throughout.
+            kwargs |= {"authenticator": self._authenticator(logins), "auth_required": True,
+                       "auth_require_tls": not implicit_tls}
+        controller = _RefusingStarttls if starttls_reply else Controller
+        self.controller = controller(self.handler, hostname=host, port=self.port, server_hostname="sink.test",
+                                     ready_timeout=10, **kwargs)
+        self.controller.starttls_reply = starttls_reply
 
     def _authenticator(self, logins: dict[str, str]):
         from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -158,6 +178,19 @@ class CertificateAuthority:
 def self_signed_context(workdir: Path, hostname: str = "sink.test") -> ssl.SSLContext:
     """A server context whose certificate nobody trusts: opportunistic TLS must still use it."""
     return CertificateAuthority(workdir).server_context(hostname)
+
+
+def broken_tls_context(workdir: Path) -> ssl.SSLContext:
+    """A server context no current client can finish a handshake with: TLS 1.1 at most, as an
+    unpatched old appliance speaks. STARTTLS is offered and then fails mid-handshake."""
+    own = workdir / "broken-tls"  # its own directory: a CA in `workdir` keeps its files
+    own.mkdir(exist_ok=True)
+    ctx = self_signed_context(own)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated is the point
+        ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    return ctx
 
 
 class PolicyServer:

@@ -15,7 +15,7 @@ from django.utils import timezone
 from delivery import outbound, queue
 from delivery.models import MessageLog, QueuedRecipient, Suppression
 from delivery.queue import enqueue
-from tests.delivery.outbound_peers import Sink, self_signed_context
+from tests.delivery.outbound_peers import Sink, broken_tls_context, self_signed_context
 
 State = QueuedRecipient.State
 MESSAGE = b"From: Bob <bob@example.org>\r\nTo: someone@remote.test\r\nSubject: hello\r\n\r\nHi there.\r\n"
@@ -230,3 +230,26 @@ def test_suppressions_are_visible_and_removable_in_the_admin(client, superadmin,
     response = client.post(f"/admin/delivery/suppression/{suppression.pk}/delete/", {"post": "yes"})
     assert response.status_code == 302
     assert not Suppression.objects.exists()
+
+
+def test_a_tls_handshake_that_fails_is_retried_at_once_in_plaintext_like_postfix(bob, remote_mx, settings,
+                                                                                 tmp_path):
+    with Sink(tls=broken_tls_context(tmp_path)) as old_appliance:
+        settings.SMTP_OUTBOUND_PORT = old_appliance.port
+        message = enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+        run_queue()
+        [received] = old_appliance.wait_for(1)
+    assert not received.tls
+    rcpt = message.recipients.get()
+    assert rcpt.state == State.DELIVERED and rcpt.attempts == 1 and rcpt.tls_version == ""
+
+
+def test_a_refused_starttls_goes_on_in_plaintext_in_the_same_session(bob, remote_mx, settings, tmp_path):
+    with Sink(tls=self_signed_context(tmp_path), starttls_reply="454 4.7.0 TLS not available") as peer:
+        settings.SMTP_OUTBOUND_PORT = peer.port
+        message = enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+        run_queue()
+        [received] = peer.wait_for(1)
+    assert not received.tls
+    rcpt = message.recipients.get()
+    assert rcpt.state == State.DELIVERED and rcpt.tls_version == ""

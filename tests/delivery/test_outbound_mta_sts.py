@@ -12,7 +12,13 @@ import pytest
 from delivery import mta_sts
 from delivery.models import MtaStsPolicy, QueuedRecipient
 from delivery.queue import enqueue
-from tests.delivery.outbound_peers import CertificateAuthority, PolicyServer, Sink, self_signed_context
+from tests.delivery.outbound_peers import (
+    CertificateAuthority,
+    PolicyServer,
+    Sink,
+    broken_tls_context,
+    self_signed_context,
+)
 from tests.delivery.test_outbound_delivery import MESSAGE, run_queue
 
 State = QueuedRecipient.State
@@ -97,6 +103,27 @@ def test_enforce_defers_when_the_mx_certificate_is_not_trusted(bob, dns_server, 
         assert sink.messages == []
     rcpt = message.recipients.get()
     assert rcpt.state == State.DEFERRED and "certificate" in rcpt.last_reply.lower()
+
+
+def test_enforce_never_falls_back_to_plaintext_when_the_handshake_fails(bob, dns_server, settings, ca, tmp_path):
+    with publish(dns_server, settings, ca, ENFORCE), Sink(tls=broken_tls_context(tmp_path)) as sink:
+        settings.SMTP_OUTBOUND_PORT = sink.port
+        message = enqueue("bob@example.org", ["someone@secure.test"], MESSAGE)
+        run_queue()
+        assert sink.messages == [] and sink.handler.rcpt_attempts == []
+    rcpt = message.recipients.get()
+    assert rcpt.state == State.DEFERRED and "TLS handshake failed" in rcpt.last_reply
+
+
+def test_enforce_defers_when_the_mx_refuses_starttls(bob, dns_server, settings, ca):
+    with publish(dns_server, settings, ca, ENFORCE), \
+            Sink(tls=ca.server_context("mx.secure.test"), starttls_reply="454 4.7.0 TLS not available") as sink:
+        settings.SMTP_OUTBOUND_PORT = sink.port
+        message = enqueue("bob@example.org", ["someone@secure.test"], MESSAGE)
+        run_queue()
+        assert sink.messages == [] and sink.handler.rcpt_attempts == []
+    rcpt = message.recipients.get()
+    assert rcpt.state == State.DEFERRED and "refused STARTTLS" in rcpt.last_reply and "454" in rcpt.last_reply
 
 
 def test_enforce_skips_an_mx_the_policy_does_not_list(bob, dns_server, settings, ca):

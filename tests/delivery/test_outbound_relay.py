@@ -10,7 +10,7 @@ import pytest
 
 from delivery.models import QueuedRecipient
 from delivery.queue import enqueue
-from tests.delivery.outbound_peers import CertificateAuthority, Sink, self_signed_context
+from tests.delivery.outbound_peers import CertificateAuthority, Sink, broken_tls_context, self_signed_context
 from tests.delivery.test_outbound_delivery import MESSAGE, run_queue
 
 State = QueuedRecipient.State
@@ -85,6 +85,60 @@ def test_a_smarthost_without_credentials_still_takes_mail_over_opportunistic_tls
     assert received.tls and smarthost.logins == []
 
 
+def test_a_smarthost_on_implicit_tls_gets_the_credentials_inside_tls_from_the_first_byte(bob, settings, ca):
+    with Sink(host="127.0.0.1", tls=ca.server_context("localhost"), implicit_tls=True,
+              logins={USER: PASSWORD}) as smarthost:
+        use_smarthost(settings, smarthost)
+        settings.SMTP_RELAY_TLS = "implicit"
+        message = enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+        run_queue()
+        [received] = smarthost.wait_for(1)
+    assert received.tls and smarthost.logins == [USER]
+    rcpt = message.recipients.get()
+    assert rcpt.state == State.DELIVERED and rcpt.tls_version.startswith("TLSv1.")
+
+
+def test_an_implicit_tls_smarthost_whose_certificate_does_not_check_out_gets_nothing(bob, settings, ca, tmp_path):
+    untrusted = tmp_path / "untrusted"
+    untrusted.mkdir()
+    with Sink(host="127.0.0.1", tls=self_signed_context(untrusted, "localhost"), implicit_tls=True,
+              logins={USER: PASSWORD}) as smarthost:
+        use_smarthost(settings, smarthost)
+        settings.SMTP_RELAY_TLS = "implicit"
+        message = enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+        run_queue()
+        assert smarthost.messages == [] and smarthost.logins == []
+    rcpt = message.recipients.get()
+    assert rcpt.state == State.DEFERRED and "certificate" in rcpt.last_reply.lower()
+
+
+def test_a_smarthost_whose_tls_handshake_fails_never_gets_the_credentials_in_plaintext(bob, settings, tmp_path):
+    with Sink(host="127.0.0.1", tls=broken_tls_context(tmp_path), logins={USER: PASSWORD}) as smarthost:
+        use_smarthost(settings, smarthost)
+        message = enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+        run_queue()
+        assert smarthost.messages == [] and smarthost.logins == []
+    rcpt = message.recipients.get()
+    assert rcpt.state == State.DEFERRED and "TLS handshake failed" in rcpt.last_reply
+
+
+@pytest.mark.parametrize(("relay", "expected"), [("smtp.example.net:465", "implicit"),
+                                                 ("smtp.example.net:587", "starttls")])
+def test_port_465_means_implicit_tls_unless_told_otherwise(relay, expected, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    result = subprocess.run([sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
+                             "print(settings.SMTP_RELAY_TLS)"], cwd=ROOT, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "SMTP_RELAY_HOST": relay,
+                                 "DJANGO_SETTINGS_MODULE": "mailhost.settings",
+                                 "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
 def test_relay_credentials_without_a_relay_host_are_a_configuration_error(tmp_path):
     import subprocess
     import sys
@@ -96,3 +150,16 @@ def test_relay_credentials_without_a_relay_host_are_a_configuration_error(tmp_pa
                                  "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"})
     assert result.returncode != 0
     assert "SMTP_RELAY_USER and SMTP_RELAY_PASSWORD need SMTP_RELAY_HOST" in result.stderr
+
+
+def test_an_unknown_relay_tls_mode_is_a_configuration_error(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "SMTP_RELAY_HOST": "smtp.example.net:465",
+                                 "SMTP_RELAY_TLS": "ssl", "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"})
+    assert result.returncode != 0
+    assert "SMTP_RELAY_TLS must be starttls or implicit" in result.stderr
