@@ -20,6 +20,8 @@ from collections import OrderedDict
 from django.conf import settings
 from django.db import connection
 
+from mailhost.addresses import AddressError, normalize_domain
+
 from . import mta_sts, routing
 from .models import QueuedRecipient, Suppression
 from .queue import Outcome, claim_due, record, record_delivered, rows_of, start_attempt
@@ -40,6 +42,20 @@ def relay_login() -> tuple[str, str] | None:
     """(user, password) for SMTP_RELAY_HOST when SMTP_RELAY_USER is set, else None."""
     user = getattr(settings, "SMTP_RELAY_USER", "")
     return (user, getattr(settings, "SMTP_RELAY_PASSWORD", "")) if user else None
+
+
+def envelope_address(address: str) -> str:
+    """The address as it goes on the wire: a Unicode domain as its A-label when the local part
+    is ASCII, so the mail needs no SMTPUTF8 (RFC 6531 section 3.2: a sender downgrades what it can)."""
+    if address.isascii():
+        return address
+    local, _, domain = address.rpartition("@")
+    if local.isascii():
+        try:
+            return f"{local}@{normalize_domain(domain)}"
+        except AddressError:
+            pass
+    return address
 
 
 class HostFailed(Exception):
@@ -196,18 +212,48 @@ class Connection:
         except smtplib.SMTPException as exc:  # no AUTH offered, or no mechanism in common
             raise HostFailed(f"{self.host.name} cannot take the relay credentials: {exc}") from exc
 
+    def _mail_options(self, sender: str, addresses: list[str], data: bytes) -> list[str] | Outcome:
+        """What MAIL FROM declares to this peer, or the bounce when it cannot take the message.
+
+        SIZE (RFC 1870) lets a peer refuse a message before it is sent, and one over the size
+        the peer announced is not sent at all, as Postfix does; BODY=8BITMIME (RFC 6152) says
+        what an 8-bit body is. An address that stays non-ASCII needs SMTPUTF8 (RFC 6531), and a
+        peer without it can never take the mail: that bounces (5.6.7) instead of retrying.
+        """
+        smtp, options = self.smtp, []
+        if smtp.has_extn("size"):
+            limit = smtp.esmtp_features["size"]
+            limit = int(limit) if limit.isdigit() else 0
+            if limit and len(data) > limit:
+                return Outcome("bounced", f"552 5.3.4 message size {len(data)} exceeds the size limit {limit} "
+                                          f"of {self.host.name}", self.tls_version)
+            options.append(f"SIZE={len(data)}")
+        if smtp.has_extn("8bitmime") and not data.isascii():
+            options.append("BODY=8BITMIME")
+        if not (sender.isascii() and all(a.isascii() for a in addresses)):
+            if not smtp.has_extn("smtputf8"):
+                return Outcome("bounced", f"553 5.6.7 {self.host.name} does not support SMTPUTF8, which an "
+                                          f"internationalized address needs", self.tls_version)
+            options.append("SMTPUTF8")
+        return options
+
     def send(self, sender: str, rcpts: list[QueuedRecipient], data: bytes) -> dict[int, Outcome]:
         """One transaction; an Outcome per recipient. Raises HostFailed when the session broke."""
         smtp = self.smtp
+        sender = envelope_address(sender)
+        addresses = {r.pk: envelope_address(r.address) for r in rcpts}
+        options = self._mail_options(sender, list(addresses.values()), data)
+        if isinstance(options, Outcome):
+            return {r.pk: options for r in rcpts}
         try:
-            code, msg = smtp.mail(sender)
+            code, msg = smtp.mail(sender, options)
             if code != 250:
                 smtp.rset()
                 return {r.pk: Outcome(_kind(code), _reply(code, msg), self.tls_version) for r in rcpts}
             results: dict[int, Outcome] = {}
             accepted = []
             for r in rcpts:
-                code, msg = smtp.rcpt(r.address)
+                code, msg = smtp.rcpt(addresses[r.pk])
                 if code in (250, 251):
                     accepted.append(r)
                 else:

@@ -36,6 +36,7 @@ class Received:
     data: bytes
     session: int
     tls: bool
+    mail_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -63,7 +64,8 @@ class SinkHandler:
     async def handle_DATA(self, server, session, envelope):
         self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
                                       id(session), session.ssl is not None
-                                      or server.transport.get_extra_info("ssl_object") is not None))
+                                      or server.transport.get_extra_info("ssl_object") is not None,
+                                      list(envelope.mail_options)))
         return "250 2.0.0 Ok: queued"
 
     @property
@@ -88,15 +90,20 @@ class Sink:
     """A real aiosmtpd server on 127.0.0.x:port, optionally offering STARTTLS."""
 
     def __init__(self, host: str = "127.0.0.2", port: int | None = None, tls: ssl.SSLContext | None = None,
-                 logins: dict[str, str] | None = None, implicit_tls: bool = False, starttls_reply: str = ""):
+                 logins: dict[str, str] | None = None, implicit_tls: bool = False, starttls_reply: str = "",
+                 smtputf8: bool = False, size_limit: int | None = None):
         """`logins`: a smarthost that takes mail only after AUTH (over TLS) as one of these users.
         `implicit_tls`: `tls` wraps the connection from its first byte (port 465 style).
-        `starttls_reply`: STARTTLS is offered but answered with this refusal."""
+        `starttls_reply`: STARTTLS is offered but answered with this refusal.
+        `smtputf8`: offer SMTPUTF8 (RFC 6531); `size_limit`: the SIZE it announces and enforces."""
         self.handler = SinkHandler()
         self.host = host
         self.port = port or free_port()
         self.logins: list[str] = []
         kwargs = {"ssl_context": tls} if implicit_tls else {"tls_context": tls, "require_starttls": False}
+        kwargs["enable_SMTPUTF8"] = smtputf8
+        if size_limit is not None:
+            kwargs["data_size_limit"] = size_limit
         if logins is not None:
             # aiosmtpd counts only STARTTLS as TLS; an implicit-TLS connection is TLS throughout.
             kwargs |= {"authenticator": self._authenticator(logins), "auth_required": True,

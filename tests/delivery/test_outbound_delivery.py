@@ -253,3 +253,61 @@ def test_a_refused_starttls_goes_on_in_plaintext_in_the_same_session(bob, remote
     assert not received.tls
     rcpt = message.recipients.get()
     assert rcpt.state == State.DELIVERED and rcpt.tls_version == ""
+
+
+def test_mail_from_declares_the_size_and_an_8bit_body_to_a_peer_that_announces_them(bob, sink):
+    body = "From: Bob <bob@example.org>\r\nTo: someone@remote.test\r\nSubject: olá\r\n\r\nçà\r\n".encode()
+    enqueue("bob@example.org", ["someone@remote.test"], body)
+    enqueue("bob@example.org", ["other@remote.test"], MESSAGE)
+    run_queue()
+    eight_bit, seven_bit = sorted(sink.wait_for(2), key=lambda m: m.rcpt_tos)[::-1]
+    assert f"SIZE={len(eight_bit.data)}" in eight_bit.mail_options and "BODY=8BITMIME" in eight_bit.mail_options
+    assert f"SIZE={len(seven_bit.data)}" in seven_bit.mail_options and "BODY=8BITMIME" not in seven_bit.mail_options
+
+
+def test_a_message_over_the_peers_announced_size_bounces_at_once_without_being_sent(bob, remote_mx, settings,
+                                                                                   mail_root):
+    with Sink(size_limit=2000) as small:
+        settings.SMTP_OUTBOUND_PORT = small.port
+        big = enqueue("bob@example.org", ["someone@remote.test"], MESSAGE + b"x" * 3000 + b"\r\n")
+        fits = enqueue("bob@example.org", ["other@remote.test"], MESSAGE)
+        run_queue()
+        assert [m.rcpt_tos for m in small.wait_for(1)] == [["other@remote.test"]]
+        assert small.handler.rcpt_attempts == ["other@remote.test"], "the big one never got past MAIL FROM"
+    rcpt = big.recipients.get()
+    assert rcpt.state == State.BOUNCED and rcpt.last_reply.startswith("552 5.3.4") and "2000" in rcpt.last_reply
+    assert fits.recipients.get().state == State.DELIVERED
+    [path] = list((bob.maildir / "new").iterdir())
+    assert "Status: 5.3.4" in path.read_text(), "the sender hears why"
+
+
+def test_an_internationalized_address_goes_out_with_smtputf8_to_a_peer_that_offers_it(bob, remote_mx, settings):
+    with Sink(smtputf8=True) as peer:
+        settings.SMTP_OUTBOUND_PORT = peer.port
+        message = enqueue("bob@example.org", ["josé@remote.test"], MESSAGE)
+        run_queue()
+        [received] = peer.wait_for(1)
+    assert received.rcpt_tos == ["josé@remote.test"] and "SMTPUTF8" in received.mail_options
+    assert message.recipients.get().state == State.DELIVERED
+
+
+def test_an_internationalized_address_bounces_at_a_peer_without_smtputf8_and_the_batch_goes_on(bob, sink):
+    stuck = enqueue("bob@example.org", ["josé@remote.test"], MESSAGE)
+    fine = enqueue("bob@example.org", ["jose@remote.test"], MESSAGE)
+    run_queue()
+    assert [m.rcpt_tos for m in sink.wait_for(1)] == [["jose@remote.test"]]
+    rcpt = stuck.recipients.get()
+    assert rcpt.state == State.BOUNCED and rcpt.last_reply.startswith("553 5.6.7") and "SMTPUTF8" in rcpt.last_reply
+    assert fine.recipients.get().state == State.DELIVERED
+
+
+def test_a_unicode_domain_with_an_ascii_local_part_goes_out_as_its_a_label_without_smtputf8(bob, dns_server,
+                                                                                           settings, tmp_path):
+    dns_server.zone("xn--bcher-kva.test", "@ IN MX 10 mx.xn--bcher-kva.test.", "mx IN A 127.0.0.2")
+    with Sink(tls=self_signed_context(tmp_path)) as peer:
+        settings.SMTP_OUTBOUND_PORT = peer.port
+        message = enqueue("bob@example.org", ["anna@bücher.test"], MESSAGE)
+        run_queue()
+        [received] = peer.wait_for(1)
+    assert received.rcpt_tos == ["anna@xn--bcher-kva.test"] and "SMTPUTF8" not in received.mail_options
+    assert message.recipients.get().state == State.DELIVERED
