@@ -68,6 +68,16 @@ def _reply(code: int, text: bytes | str) -> str:
     return f"{code} {' '.join(text.split())}"
 
 
+# Not an outcome to record: the peer's recipient limit was reached, send these in a new transaction.
+AGAIN = "again"
+
+
+def recipient_limit() -> int:
+    """Recipients per SMTP transaction (Postfix's smtp_destination_recipient_limit, also 50):
+    many receivers take at most 100 and answer 452 after that."""
+    return max(1, getattr(settings, "SMTP_OUTBOUND_RECIPIENT_LIMIT", 50))
+
+
 def _kind(code: int) -> str:
     if 200 <= code < 300:
         return "delivered"
@@ -252,10 +262,16 @@ class Connection:
                 return {r.pk: Outcome(_kind(code), _reply(code, msg), self.tls_version) for r in rcpts}
             results: dict[int, Outcome] = {}
             accepted = []
-            for r in rcpts:
+            for n, r in enumerate(rcpts):
                 code, msg = smtp.rcpt(addresses[r.pk])
                 if code in (250, 251):
                     accepted.append(r)
+                elif code == 452 and accepted:
+                    # Too many recipients for one transaction (RFC 5321 4.5.3.1.10): the rest go
+                    # in the next one, now, instead of waiting a retry for a limit of the peer's.
+                    for rest in rcpts[n:]:
+                        results[rest.pk] = Outcome(AGAIN, _reply(code, msg), self.tls_version)
+                    break
                 else:
                     results[r.pk] = Outcome(_kind(code), _reply(code, msg), self.tls_version)
             if not accepted:
@@ -393,7 +409,8 @@ def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient], in_fligh
     by_message: OrderedDict[int, list[QueuedRecipient]] = OrderedDict()
     for r in rows:
         by_message.setdefault(r.message_id, []).append(r)
-    pending = list(by_message.values())
+    limit = recipient_limit()
+    pending = [rows[i:i + limit] for rows in by_message.values() for i in range(0, len(rows), limit)]
     last_error = "no host tried"
     for host in hosts:
         if not pending:
@@ -411,10 +428,15 @@ def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient], in_fligh
             while pending:
                 ours = in_flight.ours()
                 group = [r for r in pending[0] if r.pk in ours]
+                again = []
                 if group:
                     message = group[0].message
-                    _record_results(run, group, conn.send(message.sender, group, bytes(message.data)))
+                    results = conn.send(message.sender, group, bytes(message.data))
+                    again = [r for r in group if results[r.pk].kind == AGAIN]
+                    _record_results(run, [r for r in group if r not in again], results)
                 pending.pop(0)
+                if again:
+                    pending.insert(0, again)
             healthy = True
         except HostFailed as exc:
             last_error = str(exc)

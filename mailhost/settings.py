@@ -123,6 +123,8 @@ TLS_DIR = VAR_DIR / "tls"
 # Limits the SMTP service announces and enforces (DESIGN.md, "Limits").
 SMTP_MAX_MESSAGE_SIZE = env.int("SMTP_MAX_MESSAGE_SIZE", default=25 * 1024 * 1024)
 SMTP_MAX_RECIPIENTS = env.int("SMTP_MAX_RECIPIENTS", default=100)
+# Recipients per outbound SMTP transaction (Postfix's smtp_destination_recipient_limit).
+SMTP_OUTBOUND_RECIPIENT_LIMIT = env.int("SMTP_OUTBOUND_RECIPIENT_LIMIT", default=50)
 SMTP_MAX_CONNECTIONS_PER_IP = env.int("SMTP_MAX_CONNECTIONS_PER_IP", default=100)
 SMTP_MAX_CONNECTIONS = env.int("SMTP_MAX_CONNECTIONS", default=1000)
 SMTP_AUTH_MAX_FAILURES = env.int("SMTP_AUTH_MAX_FAILURES", default=10)

@@ -2,7 +2,7 @@
 
 The sink decides by the recipient's local part what it answers, like the receivers of
 FIELD-NOTES: `reject…` 550 5.1.1, `grey…` 451 the first time then 250, `slow…` stalls the first
-time before answering RCPT (to kill a worker mid-delivery), anything else 250.
+time before answering RCPT (to kill a worker mid-delivery), `full…` 452 4.2.2, anything else 250.
 """
 
 from __future__ import annotations
@@ -46,12 +46,18 @@ class SinkHandler:
     greylisted: set[str] = field(default_factory=set)
     rcpt_attempts: list[str] = field(default_factory=list)
     stalled: set[str] = field(default_factory=set)
+    rcpt_limit: int = 0  # recipients per transaction before 452, as Gmail and others limit them
+    transactions: list[int] = field(default_factory=list)  # recipients accepted, per transaction
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@")[0].lower()
         self.rcpt_attempts.append(address)
+        if self.rcpt_limit and len(envelope.rcpt_tos) >= self.rcpt_limit:
+            return "452 4.5.3 Too many recipients"
         if local.startswith("reject"):
             return "550 5.1.1 No such user here"
+        if local.startswith("full"):
+            return "452 4.2.2 Mailbox full"
         if local.startswith("grey") and address not in self.greylisted:
             self.greylisted.add(address)
             return "451 4.7.1 Greylisted, try again later"
@@ -62,6 +68,7 @@ class SinkHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        self.transactions.append(len(envelope.rcpt_tos))
         self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
                                       id(session), session.ssl is not None
                                       or server.transport.get_extra_info("ssl_object") is not None,

@@ -311,3 +311,31 @@ def test_a_unicode_domain_with_an_ascii_local_part_goes_out_as_its_a_label_witho
         [received] = peer.wait_for(1)
     assert received.rcpt_tos == ["anna@xn--bcher-kva.test"] and "SMTPUTF8" not in received.mail_options
     assert message.recipients.get().state == State.DELIVERED
+
+
+def test_a_message_to_many_recipients_at_one_domain_goes_in_transactions_of_at_most_fifty(bob, sink):
+    recipients = [f"user{n}@remote.test" for n in range(120)]
+    message = enqueue("bob@example.org", recipients, MESSAGE)
+    run_queue()
+    sink.wait_for(3)
+    assert sink.handler.transactions == [50, 50, 20] and sink.handler.sessions == 1
+    assert set(message.recipients.values_list("state", flat=True)) == {State.DELIVERED}
+
+
+def test_a_peers_lower_recipient_limit_sends_the_rest_in_a_new_transaction_at_once(bob, sink, settings):
+    sink.handler.rcpt_limit = 20
+    message = enqueue("bob@example.org", [f"user{n}@remote.test" for n in range(45)], MESSAGE)
+    run_queue()
+    sink.wait_for(3)
+    assert sink.handler.transactions == [20, 20, 5]
+    assert set(message.recipients.values_list("state", flat=True)) == {State.DELIVERED}
+    assert set(message.recipients.values_list("attempts", flat=True)) == {1}
+
+
+def test_a_452_for_a_recipient_alone_in_its_transaction_defers_it(bob, sink):
+    message = enqueue("bob@example.org", ["ok@remote.test", "full@remote.test"], MESSAGE)
+    run_queue()
+    states = dict(message.recipients.values_list("address", "state"))
+    assert states == {"ok@remote.test": State.DELIVERED, "full@remote.test": State.DEFERRED}
+    assert sink.handler.rcpt_attempts == ["ok@remote.test", "full@remote.test", "full@remote.test"]
+    assert message.recipients.get(address="full@remote.test").last_reply == "452 4.2.2 Mailbox full"
