@@ -122,3 +122,8 @@ def code(reply: str) -> int:
 
 def accepted(queue_id: str) -> str:
     return ACCEPTED.format(queue_id=queue_id)
+
+
+def rate_limited(per_hour: int) -> str:
+    """RCPT over a credential's hourly limit: temporary, so the client keeps the mail for later."""
+    return f"451 4.7.1 Sending limit of {per_hour} recipients an hour reached for this login, try again later"

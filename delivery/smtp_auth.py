@@ -57,6 +57,7 @@ class Identity:
     login: str
     mailbox_id: int | None = None
     credential_id: int | None = None
+    rate_limit: int | None = None  # the credential's recipients per hour (delivery/rate_limits.py)
     _send_as: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def can_send_as(self, address: str) -> bool:
@@ -173,7 +174,8 @@ def verify(login: str, password: str) -> Identity | None:
     for cred in list(credentials.filter(login=name)) + list(credentials.filter(mailbox__user__username=name)):
         if cred.is_active and _remembered_or_checked(name, password, cred.secret_hash, cred.check_secret):
             RelayCredential.objects.filter(pk=cred.pk).update(last_used_at=timezone.now())
-            return Identity(login=name, mailbox_id=cred.mailbox_id, credential_id=cred.pk)
+            return Identity(login=name, mailbox_id=cred.mailbox_id, credential_id=cred.pk,
+                            rate_limit=cred.rate_limit_per_hour)
     return None
 
 

@@ -22,7 +22,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope
 from django.conf import settings
 from django.db import connections
 
-from . import db_writes, replies, sender_checks, smtp_auth, smtp_policy, smtp_transaction, tls
+from . import db_writes, rate_limits, replies, sender_checks, smtp_auth, smtp_policy, smtp_transaction, tls
 
 log = logging.getLogger("mailhost.smtp")
 # `<dot-atom@dot-atom>`: nearly every MAIL and RCPT argument. aiosmtpd runs each through the
@@ -123,6 +123,11 @@ class MailHandler:
         if decision is None:
             decision = await thread(smtp_policy.rcpt_decision, address, authenticated=authenticated)
             smtp_policy.remember_rcpt_decision(address, decision, authenticated=authenticated)
+        if decision.accepted and authenticated and session.auth_data.rate_limit:
+            identity = session.auth_data
+            if not await thread(rate_limits.take, identity.credential_id, identity.rate_limit):
+                log.warning("rate limit login=%r limit=%d/h rcpt refused", identity.login, identity.rate_limit)
+                return replies.rate_limited(identity.rate_limit)
         if decision.accepted:
             envelope.rcpt_tos.append(address)
             envelope.tx.add_recipient(address, decision)

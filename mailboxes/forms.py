@@ -117,7 +117,10 @@ class RelayCredentialForm(forms.Form):
     allowed_senders = forms.CharField(
         required=False, widget=forms.Textarea(attrs={"rows": 2}),
         help_text="addresses it may send as, or @domain for any address of a domain; one per line")
-    rate_limit_per_hour = forms.IntegerField(min_value=1, required=False)
+    rate_limit_per_hour = forms.IntegerField(
+        min_value=1, required=False, label="Recipients per hour",
+        help_text="most recipients it may send to in any hour (a message to three people counts three); "
+                  "empty: no limit")
 
     def clean_allowed_senders(self) -> list[str]:
         return self.cleaned_data["allowed_senders"].split()
