@@ -9,7 +9,7 @@ from django.db import transaction
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from delivery.models import MessageLog, QueuedRecipient
+from delivery.models import MessageLog, QueuedRecipient, Suppression
 from domains.dkim import create_key
 from domains.models import DkimKey, Domain
 from domains.provisioning import create_domain
@@ -267,4 +267,13 @@ class QueuedRecipientSerializer(serializers.ModelSerializer):
         model = QueuedRecipient
         fields = ["id", "queue_id", "sender", "source", "size", "queued_at", "address", "original_address",
                   "domain", "state", "attempts", "next_attempt_at", "last_reply", "tls_version", "delivered_at"]
+        read_only_fields = fields
+
+
+class SuppressionSerializer(serializers.ModelSerializer):
+    domain = serializers.CharField(source="domain.name", read_only=True)
+
+    class Meta:
+        model = Suppression
+        fields = ["id", "domain", "address", "reason", "created_at", "expires_at"]
         read_only_fields = fields

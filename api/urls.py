@@ -20,6 +20,7 @@ router.register("relay-credentials", views.RelayCredentialViewSet, basename="rel
 router.register("dkim-keys", views.DkimKeyViewSet, basename="dkimkey")
 router.register("message-log", views.MessageLogViewSet, basename="messagelog")
 router.register("queue", views.QueueViewSet, basename="queue")
+router.register("suppressions", views.SuppressionViewSet, basename="suppression")
 
 app_name = "api"
 urlpatterns = [

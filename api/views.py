@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from django.db import transaction
 from django.db.models import Q
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from delivery.models import MessageLog, QueuedRecipient
+from delivery.models import MessageLog, QueuedRecipient, Suppression
 from domains.models import DkimKey, Domain
 from domains.records import expected_records
 from mailboxes.models import Alias, Mailbox, RelayCredential
@@ -206,3 +207,18 @@ class QueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewS
         if self.action == "list" and (state := choice_filter(self.request, "state", QueuedRecipient.State)):
             qs = qs.filter(state=state)
         return qs.select_related("message").defer("message__data")
+
+
+@extend_schema_view(list=extend_schema(parameters=[
+    OpenApiParameter("domain", int, description="only this domain's suppressions"),
+]))
+class SuppressionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, TenantViewSet):
+    """Recipients that hard-bounced a domain's mail, while the suppression lasts; DELETE lifts one."""
+
+    serializer_class = s.SuppressionSerializer
+
+    def get_queryset(self):
+        qs = Suppression.objects.filter(domain__in=visible_domains(self.request), expires_at__gt=timezone.now())
+        if self.action == "list" and (domain := self.request.query_params.get("domain")):
+            qs = qs.filter(domain_id=domain) if domain.isdigit() else qs.none()
+        return qs.select_related("domain").order_by("-created_at", "-id")

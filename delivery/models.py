@@ -160,7 +160,7 @@ class Suppression(models.Model):
     """A recipient that hard-bounced for a sending domain: not tried again until `expires_at`.
 
     Sending to an address that answered 5xx again and again hurts the domain's reputation
-    (Postal keeps suppressions for 30 days); the portal and `queue` show and remove them.
+    (Postal keeps suppressions for 30 days); the portal, the API and the admin show and remove them.
     """
 
     domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="suppressions")

@@ -7,6 +7,9 @@ app_name = "delivery"
 urlpatterns = [
     path("domains/<int:pk>/log/", views.domain_log, name="domain_log"),
     path("domains/<int:pk>/queue/", views.domain_queue, name="domain_queue"),
+    path("domains/<int:pk>/suppressions/", views.domain_suppressions, name="domain_suppressions"),
+    path("domains/<int:pk>/suppressions/<int:suppression_pk>/remove/", views.suppression_remove,
+         name="suppression_remove"),
     path("log/", views.global_log, name="log"),
     path("queue/", views.global_queue, name="queue"),
 ]

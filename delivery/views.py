@@ -6,14 +6,17 @@ through indexed or domain-bounded filters; the message bytes are never loaded fo
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.db.models import Q
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 
 from portal import paging
+from portal.audit import record
 from portal.forms import SearchForm
-from portal.roles import domain_view, superadmin_required
+from portal.roles import domain_view, not_post, superadmin_required
 
-from .models import MessageLog, QueuedRecipient
+from .models import MessageLog, QueuedRecipient, Suppression
 
 
 def _q(request) -> str:
@@ -50,6 +53,30 @@ def domain_log(request, domain):
 def domain_queue(request, domain):
     context = _queue(request, QueuedRecipient.objects.filter(message__sender_domain=domain))
     return render(request, "delivery/queue.html", {"domain": domain, **context})
+
+
+@domain_view()
+def domain_suppressions(request, domain):
+    """Recipients that hard-bounced mail of this domain: new mail to them bounces at once until
+    the suppression lapses or an admin removes it (after the recipient fixed their mailbox)."""
+    q = _q(request)
+    rows = Suppression.objects.filter(domain=domain, expires_at__gt=timezone.now())
+    if q:
+        rows = rows.filter(address__icontains=q)
+    rows = rows.order_by("-created_at", "-id")
+    return render(request, "delivery/suppressions.html",
+                  {"domain": domain, "page": paging.window(rows, request), "q": q})
+
+
+@domain_view()
+def suppression_remove(request, domain, suppression_pk):
+    suppression = get_object_or_404(Suppression.objects.filter(domain=domain), pk=suppression_pk)
+    if refused := not_post(request):
+        return refused
+    suppression.delete()
+    record(request, "suppression.remove", suppression, domain=domain)
+    messages.success(request, f"{suppression.address} is no longer suppressed: new mail to it goes out again.")
+    return redirect("delivery:domain_suppressions", pk=domain.pk)
 
 
 @superadmin_required

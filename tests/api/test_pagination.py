@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from api.urls import router
-from delivery.models import MessageLog, QueuedMessage, QueuedRecipient
+from delivery.models import MessageLog, QueuedMessage, QueuedRecipient, Suppression
 from domains.models import DkimKey, Domain
 from mailboxes.models import Alias, Mailbox, RelayCredential, User
 
@@ -46,6 +49,10 @@ def add_rows(basename: str, domain: Domain, admin, n: int, start: int) -> None:
             for name in names)
         QueuedRecipient.objects.bulk_create(QueuedRecipient(message=m, address="x@remote.test",
                                                             domain="remote.test") for m in messages)
+    elif basename == "suppression":
+        until = timezone.now() + dt.timedelta(days=30)
+        Suppression.objects.bulk_create(Suppression(domain=domain, address=f"{name}@remote.test", expires_at=until)
+                                        for name in names)
     else:
         raise AssertionError(f"no bulk rows for the API endpoint {basename!r}: add them here")
 

@@ -7,14 +7,16 @@ other.test and must get 404 for each of them on every method, bob (a mailbox use
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
 from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 
 from api.urls import router
-from delivery.models import MessageLog, QueuedMessage, QueuedRecipient
+from delivery.models import MessageLog, QueuedMessage, QueuedRecipient, Suppression
 from mailboxes.models import RelayCredential
 from mailboxes.provisioning import create_alias, create_mailbox
 from tests.support import PASSWORD
@@ -45,6 +47,9 @@ def make_object(basename: str, domain):
         message = QueuedMessage.objects.create(sender=f"bob@{domain.name}", data=b"Subject: hi\r\n\r\nhi\r\n",
                                                sender_domain=domain)
         return QueuedRecipient.objects.create(message=message, address="x@remote.test", domain="remote.test")
+    if basename == "suppression":
+        return Suppression.objects.create(domain=domain, address="gone@remote.test", reason="550 5.1.1 no such user",
+                                          expires_at=timezone.now() + dt.timedelta(days=30))
     raise AssertionError(f"no object factory for the API endpoint {basename!r}: add one to the matrix")
 
 

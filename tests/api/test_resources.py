@@ -218,3 +218,23 @@ def test_mailbox_objects_stay_as_the_provisioning_module_made_them(api, alice, e
     assert (mailbox.address, mailbox.quota, mailbox.user.username) == ("erin@example.org",
                                                                        example_org.default_quota,
                                                                        "erin@example.org")
+
+
+def test_suppressions_are_listed_per_domain_and_deleting_one_lifts_it(api, alice, charlie, example_org, other_test):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from delivery.models import Suppression
+
+    until = timezone.now() + dt.timedelta(days=30)
+    gone = Suppression.objects.create(domain=example_org, address="gone@remote.test", reason="550 5.1.1",
+                                      expires_at=until)
+    Suppression.objects.create(domain=example_org, address="lapsed@remote.test",
+                               expires_at=timezone.now() - dt.timedelta(days=1))
+    Suppression.objects.create(domain=other_test, address="theirs@remote.test", expires_at=until)
+    listed = api(alice).get("/api/suppressions/").json()
+    assert [(r["domain"], r["address"]) for r in listed["results"]] == [("example.org", "gone@remote.test")]
+    assert api(charlie).delete(f"/api/suppressions/{gone.pk}/").status_code == 404
+    assert api(alice).delete(f"/api/suppressions/{gone.pk}/").status_code == 204
+    assert not Suppression.objects.filter(pk=gone.pk).exists()

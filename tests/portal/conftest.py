@@ -18,6 +18,11 @@ def fast_password_hashing(settings):
 
 
 def _world(domain, local: str):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from delivery.models import Suppression
     from domains.dkim import create_key
     from domains.models import DomainAlias
     from mailboxes.models import RelayCredential
@@ -26,6 +31,8 @@ def _world(domain, local: str):
     mailbox = create_mailbox(f"{local}@{domain.name}", PASSWORD)
     app_password, _ = RelayCredential.issue(domain=domain, mailbox=mailbox, label="phone")
     cred, _ = RelayCredential.issue(domain=domain, label="shop", allowed_senders=[f"@{domain.name}"])
+    suppression = Suppression.objects.create(domain=domain, address="gone@remote.test",
+                                             expires_at=timezone.now() + dt.timedelta(days=30))
     return {
         "domain": domain,
         "mailbox": mailbox,
@@ -34,6 +41,7 @@ def _world(domain, local: str):
         "key": create_key(domain, "ed25519"),
         "cred": cred,
         "app_password": app_password,
+        "suppression": suppression,
         "admin": domain.admins.first(),
     }
 

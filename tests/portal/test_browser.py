@@ -117,3 +117,25 @@ def test_a_csv_import_shows_progress_and_the_errors_of_each_row(page, live_serve
     assert "other.test is not example.org" in results and "at least 8 characters" in results
     page.screenshot(path=SCREENSHOTS / "4-csv-import.png", full_page=True)
     assert Mailbox.objects.filter(domain_id=domain_pk).count() == 118
+
+
+def test_a_domain_admin_lifts_a_suppression_from_the_suppressions_tab(page, live_server, alice, example_org):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from delivery.models import Suppression
+
+    Suppression.objects.create(domain=example_org, address="gone@remote.test", reason="550 5.1.1 No such user here",
+                               expires_at=timezone.now() + dt.timedelta(days=30))
+    base = live_server.url
+    _login(page, base, "alice", PASSWORD)
+    page.wait_for_url(f"{base}/")
+    page.goto(f"{base}/domains/{example_org.pk}/")
+    page.click("a:has-text('Suppressions')")
+    assert "gone@remote.test" in page.inner_text("table")
+    page.click("button:has-text('Remove')")
+    page.wait_for_selector("text=gone@remote.test is no longer suppressed")
+    assert "No suppressed recipients" in page.inner_text("table")
+    page.screenshot(path=SCREENSHOTS / "5-suppressions.png", full_page=True)
+    assert not Suppression.objects.filter(domain=example_org).exists()

@@ -62,3 +62,52 @@ def test_log_pages_link_to_older_rows(client, superadmin, example_org):
     assert "Older" in first and "page=2" in first
     second = client.get(reverse("delivery:log"), {"page": 2}).content.decode()
     assert second.count("message 0") == 10 and "Newer" in second
+
+
+def _suppressed(domain, address, days=30):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from delivery.models import Suppression
+
+    return Suppression.objects.create(domain=domain, address=address, reason="550 5.1.1 No such user here",
+                                      expires_at=timezone.now() + dt.timedelta(days=days))
+
+
+def test_a_domain_admin_sees_their_domains_live_suppressions_and_removes_one(client, alice, example_org, other_test):
+    from delivery.models import Suppression
+    from portal.models import AuditLog
+
+    gone = _suppressed(example_org, "gone@remote.test")
+    _suppressed(example_org, "lapsed@remote.test", days=-1)
+    theirs = _suppressed(other_test, "theirs@remote.test")
+    client.force_login(alice)
+    url = reverse("delivery:domain_suppressions", kwargs={"pk": example_org.pk})
+    page = client.get(url).content.decode()
+    assert "gone@remote.test" in page and "550 5.1.1 No such user here" in page
+    assert "lapsed@remote.test" not in page and "theirs@remote.test" not in page
+    remove = reverse("delivery:suppression_remove", kwargs={"pk": example_org.pk, "suppression_pk": gone.pk})
+    assert client.get(remove).status_code == 405 and Suppression.objects.filter(pk=gone.pk).exists()
+    response = client.post(remove, follow=True)
+    assert "gone@remote.test is no longer suppressed" in response.content.decode()
+    assert not Suppression.objects.filter(pk=gone.pk).exists()
+    assert AuditLog.objects.filter(action="suppression.remove", domain=example_org).exists()
+    # Another tenant's suppression is out of reach, through either domain's URL.
+    for pk in (example_org.pk, other_test.pk):
+        other = reverse("delivery:suppression_remove", kwargs={"pk": pk, "suppression_pk": theirs.pk})
+        assert client.post(other).status_code == 404
+    assert Suppression.objects.filter(pk=theirs.pk).exists()
+
+
+def test_removing_a_suppression_needs_the_csrf_token(example_org, alice):
+    from django.test import Client
+
+    from delivery.models import Suppression
+
+    gone = _suppressed(example_org, "gone@remote.test")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    remove = reverse("delivery:suppression_remove", kwargs={"pk": example_org.pk, "suppression_pk": gone.pk})
+    assert client.post(remove).status_code == 403
+    assert Suppression.objects.filter(pk=gone.pk).exists()

@@ -56,6 +56,8 @@ MATRIX = {
     "mailboxes:export_aliases": ("domain", [], 200),
     "delivery:domain_log": ("domain", [], 200),
     "delivery:domain_queue": ("domain", [], 200),
+    "delivery:domain_suppressions": ("domain", [], 200),
+    "delivery:suppression_remove": ("domain", [("suppression_pk", "suppression")], 405),
     "me:overview": ("mailbox", [], 200),
     "me:password": ("mailbox", [], 200),
     "me:forwarding": ("mailbox", [], 200),
