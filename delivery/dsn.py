@@ -28,6 +28,20 @@ def _status(reply: str, failed: bool) -> str:
     return "5.0.0" if failed else "4.0.0"
 
 
+def _address_field(address: str) -> str:
+    """An address in a DSN field: `rfc822; a@b`, or for an internationalized one RFC 6533's
+    `utf-8` type in its ASCII form (`jos\\x{E9}@b`), which keeps the report plain
+    message/delivery-status that every reader parses; the email package would otherwise
+    RFC 2047-encode the whole field into something no DSN reader recognises."""
+    if address.isascii():
+        return f"rfc822; {address}"
+    return "utf-8; " + "".join(c if "!" <= c <= "~" and c not in "\\+=" else f"\\x{{{ord(c):X}}}" for c in address)
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode()
+
+
 def build(message: QueuedMessage, rcpts: list[QueuedRecipient], action: str, to: str = "") -> bytes:
     """The multipart/report: a human part, message/delivery-status, and the original headers."""
     failed = action == "failed"
@@ -57,11 +71,11 @@ def build(message: QueuedMessage, rcpts: list[QueuedRecipient], action: str, to:
     for r in rcpts:
         block = ""
         if r.original_address:
-            block += f"Original-Recipient: rfc822; {r.original_address}\r\n"
-        block += (f"Final-Recipient: rfc822; {r.address}\r\nAction: {action}\r\n"
+            block += f"Original-Recipient: {_address_field(r.original_address)}\r\n"
+        block += (f"Final-Recipient: {_address_field(r.address)}\r\nAction: {action}\r\n"
                   f"Status: {_status(r.last_reply, failed)}\r\n")
         if r.last_reply[:1] in "45":
-            block += f"Diagnostic-Code: smtp; {' '.join(r.last_reply.split())}\r\n"
+            block += f"Diagnostic-Code: smtp; {_ascii(' '.join(r.last_reply.split()))}\r\n"
         block += f"Last-Attempt-Date: {email.utils.format_datetime(timezone.now())}\r\n"
         if not failed:
             block += f"Will-Retry-Until: {email.utils.format_datetime(_expiry(message))}\r\n"

@@ -291,7 +291,8 @@ def test_an_internationalized_address_goes_out_with_smtputf8_to_a_peer_that_offe
     assert message.recipients.get().state == State.DELIVERED
 
 
-def test_an_internationalized_address_bounces_at_a_peer_without_smtputf8_and_the_batch_goes_on(bob, sink):
+def test_an_internationalized_address_bounces_at_a_peer_without_smtputf8_and_the_batch_goes_on(bob, sink,
+                                                                                            mail_root):
     stuck = enqueue("bob@example.org", ["josé@remote.test"], MESSAGE)
     fine = enqueue("bob@example.org", ["jose@remote.test"], MESSAGE)
     run_queue()
@@ -299,6 +300,11 @@ def test_an_internationalized_address_bounces_at_a_peer_without_smtputf8_and_the
     rcpt = stuck.recipients.get()
     assert rcpt.state == State.BOUNCED and rcpt.last_reply.startswith("553 5.6.7") and "SMTPUTF8" in rcpt.last_reply
     assert fine.recipients.get().state == State.DELIVERED
+    # The DSN names the address in RFC 6533's ASCII form, in a report any DSN reader parses.
+    [path] = list((bob.maildir / "new").iterdir())
+    status = email.message_from_bytes(path.read_bytes()).get_payload()[1]
+    assert status.get_content_type() == "message/delivery-status"
+    assert "Final-Recipient: utf-8; jos\\x{E9}@remote.test" in status.as_string()
 
 
 def test_a_unicode_domain_with_an_ascii_local_part_goes_out_as_its_a_label_without_smtputf8(bob, dns_server,
