@@ -255,12 +255,12 @@ class Connection:
         options = self._mail_options(sender, list(addresses.values()), data)
         if isinstance(options, Outcome):
             return {r.pk: options for r in rcpts}
+        results: dict[int, Outcome] = {}
         try:
             code, msg = smtp.mail(sender, options)
             if code != 250:
                 smtp.rset()
                 return {r.pk: Outcome(_kind(code), _reply(code, msg), self.tls_version) for r in rcpts}
-            results: dict[int, Outcome] = {}
             accepted = []
             for n, r in enumerate(rcpts):
                 code, msg = smtp.rcpt(addresses[r.pk])
@@ -282,8 +282,11 @@ class Connection:
                 results[r.pk] = Outcome(_kind(code), _reply(code, msg), self.tls_version)
             return results
         except smtplib.SMTPDataError as exc:  # 4xx/5xx to DATA itself, smtplib raises for those
-            return {r.pk: Outcome(_kind(exc.smtp_code), _reply(exc.smtp_code, exc.smtp_error), self.tls_version)
-                    for r in rcpts}
+            # It is the answer for the recipients the peer had taken; the others keep their own
+            # (a refusal at RCPT, or the next transaction). RSET so the next message starts clean.
+            refused = Outcome(_kind(exc.smtp_code), _reply(exc.smtp_code, exc.smtp_error), self.tls_version)
+            smtp.rset()
+            return {r.pk: results.get(r.pk, refused) for r in rcpts}
         except (OSError, smtplib.SMTPException) as exc:
             raise HostFailed(f"{self.host.name}: {exc}") from exc
 

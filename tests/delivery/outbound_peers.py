@@ -80,16 +80,18 @@ class SinkHandler:
         return len({m.session for m in self.messages})
 
 
-class _RefusingStarttls(Controller):
-    """Offers STARTTLS and refuses it, as a peer whose TLS is misconfigured answers 454."""
+class _Refusing(Controller):
+    """Answers some commands with a fixed refusal: STARTTLS as a peer whose TLS is misconfigured
+    (454), DATA as a peer that refuses the message before taking it (554)."""
+
+    refusals: dict[str, str] = {}
 
     def factory(self):
         server = super().factory()
-        reply = self.starttls_reply
-
-        async def smtp_STARTTLS(arg):
-            await server.push(reply)
-        server._smtp_methods["STARTTLS"] = smtp_STARTTLS
+        for command, reply in self.refusals.items():
+            async def refuse(arg, reply=reply):
+                await server.push(reply)
+            server._smtp_methods[command] = refuse
         return server
 
 
@@ -98,11 +100,12 @@ class Sink:
 
     def __init__(self, host: str = "127.0.0.2", port: int | None = None, tls: ssl.SSLContext | None = None,
                  logins: dict[str, str] | None = None, implicit_tls: bool = False, starttls_reply: str = "",
-                 smtputf8: bool = False, size_limit: int | None = None):
+                 smtputf8: bool = False, size_limit: int | None = None, data_reply: str = ""):
         """`logins`: a smarthost that takes mail only after AUTH (over TLS) as one of these users.
         `implicit_tls`: `tls` wraps the connection from its first byte (port 465 style).
         `starttls_reply`: STARTTLS is offered but answered with this refusal.
-        `smtputf8`: offer SMTPUTF8 (RFC 6531); `size_limit`: the SIZE it announces and enforces."""
+        `smtputf8`: offer SMTPUTF8 (RFC 6531); `size_limit`: the SIZE it announces and enforces.
+        `data_reply`: the DATA command itself is refused with this."""
         self.handler = SinkHandler()
         self.host = host
         self.port = port or free_port()
@@ -115,10 +118,10 @@ class Sink:
             # aiosmtpd counts only STARTTLS as TLS; an implicit-TLS connection is TLS throughout.
             kwargs |= {"authenticator": self._authenticator(logins), "auth_required": True,
                        "auth_require_tls": not implicit_tls}
-        controller = _RefusingStarttls if starttls_reply else Controller
-        self.controller = controller(self.handler, hostname=host, port=self.port, server_hostname="sink.test",
-                                     ready_timeout=10, **kwargs)
-        self.controller.starttls_reply = starttls_reply
+        refusals = {k: v for k, v in (("STARTTLS", starttls_reply), ("DATA", data_reply)) if v}
+        self.controller = (_Refusing if refusals else Controller)(
+            self.handler, hostname=host, port=self.port, server_hostname="sink.test", ready_timeout=10, **kwargs)
+        self.controller.refusals = refusals
 
     def _authenticator(self, logins: dict[str, str]):
         from aiosmtpd.smtp import AuthResult, LoginPassword

@@ -345,3 +345,17 @@ def test_a_452_for_a_recipient_alone_in_its_transaction_defers_it(bob, sink):
     assert states == {"ok@remote.test": State.DELIVERED, "full@remote.test": State.DEFERRED}
     assert sink.handler.rcpt_attempts == ["ok@remote.test", "full@remote.test", "full@remote.test"]
     assert message.recipients.get(address="full@remote.test").last_reply == "452 4.2.2 Mailbox full"
+
+
+def test_a_refused_data_command_answers_for_the_accepted_recipients_only(bob, remote_mx, settings, mail_root):
+    with Sink(data_reply="554 5.7.1 Message refused by policy") as peer:
+        settings.SMTP_OUTBOUND_PORT = peer.port
+        message = enqueue("bob@example.org", ["reject-me@remote.test", "a@remote.test"], MESSAGE)
+        other = enqueue("bob@example.org", ["b@remote.test"], MESSAGE)
+        run_queue()
+    replies = dict(message.recipients.values_list("address", "last_reply"))
+    assert replies == {"reject-me@remote.test": "550 5.1.1 No such user here",
+                       "a@remote.test": "554 5.7.1 Message refused by policy"}
+    rcpt = other.recipients.get()
+    assert rcpt.state == State.BOUNCED and rcpt.last_reply == "554 5.7.1 Message refused by policy", \
+        "the next message on the connection got its own answer after RSET"
