@@ -7,6 +7,8 @@ app_name = "delivery"
 urlpatterns = [
     path("domains/<int:pk>/log/", views.domain_log, name="domain_log"),
     path("domains/<int:pk>/queue/", views.domain_queue, name="domain_queue"),
+    path("domains/<int:pk>/queue/<int:message_pk>/retry/", views.queue_retry, name="queue_retry"),
+    path("domains/<int:pk>/queue/<int:message_pk>/delete/", views.queue_delete, name="queue_delete"),
     path("domains/<int:pk>/suppressions/", views.domain_suppressions, name="domain_suppressions"),
     path("domains/<int:pk>/suppressions/<int:suppression_pk>/remove/", views.suppression_remove,
          name="suppression_remove"),

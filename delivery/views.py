@@ -16,7 +16,8 @@ from portal.audit import record
 from portal.forms import SearchForm
 from portal.roles import domain_view, not_post, superadmin_required
 
-from .models import MessageLog, QueuedRecipient, Suppression
+from . import queue
+from .models import MessageLog, QueuedMessage, QueuedRecipient, Suppression
 
 
 def _q(request) -> str:
@@ -53,6 +54,39 @@ def domain_log(request, domain):
 def domain_queue(request, domain):
     context = _queue(request, QueuedRecipient.objects.filter(message__sender_domain=domain))
     return render(request, "delivery/queue.html", {"domain": domain, **context})
+
+
+def _own_message(domain, message_pk):
+    return get_object_or_404(QueuedMessage.objects.filter(sender_domain=domain).only("pk", "queue_id", "sender"),
+                             pk=message_pk)
+
+
+@domain_view()
+def queue_retry(request, domain, message_pk):
+    """Deferred recipients of one message due now: after a peer's problem is fixed, no waiting
+    out the retry schedule. Recipients a worker holds right now are left to it."""
+    message = _own_message(domain, message_pk)
+    if refused := not_post(request):
+        return refused
+    count = queue.retry_now(message.queue_id)
+    if count:
+        queue.kick()
+    record(request, "queue.retry", message, domain=domain, detail=f"{count} recipients")
+    messages.success(request, f"{message.queue_id}: {count} recipient(s) will be tried again now."
+                     if count else f"{message.queue_id}: nothing left to retry.")
+    return redirect("delivery:domain_queue", pk=domain.pk)
+
+
+@domain_view()
+def queue_delete(request, domain, message_pk):
+    """The message leaves the queue for good, whatever its recipients' states: no DSN is sent."""
+    message = _own_message(domain, message_pk)
+    if refused := not_post(request):
+        return refused
+    queue.delete(message.queue_id)
+    record(request, "queue.delete", message, domain=domain)
+    messages.success(request, f"{message.queue_id} is deleted from the queue.")
+    return redirect("delivery:domain_queue", pk=domain.pk)
 
 
 @domain_view()

@@ -22,7 +22,7 @@ def _world(domain, local: str):
 
     from django.utils import timezone
 
-    from delivery.models import Suppression
+    from delivery.models import QueuedMessage, QueuedRecipient, Suppression
     from domains.dkim import create_key
     from domains.models import DomainAlias
     from mailboxes.models import RelayCredential
@@ -31,6 +31,10 @@ def _world(domain, local: str):
     mailbox = create_mailbox(f"{local}@{domain.name}", PASSWORD)
     app_password, _ = RelayCredential.issue(domain=domain, mailbox=mailbox, label="phone")
     cred, _ = RelayCredential.issue(domain=domain, label="shop", allowed_senders=[f"@{domain.name}"])
+    queued = QueuedMessage.objects.create(sender=f"{local}@{domain.name}", data=b"Subject: hi\r\n\r\nhi\r\n",
+                                          sender_domain=domain)
+    QueuedRecipient.objects.create(message=queued, address="friend@remote.test", domain="remote.test",
+                                   state="deferred")
     suppression = Suppression.objects.create(domain=domain, address="gone@remote.test",
                                              expires_at=timezone.now() + dt.timedelta(days=30))
     return {
@@ -42,6 +46,7 @@ def _world(domain, local: str):
         "cred": cred,
         "app_password": app_password,
         "suppression": suppression,
+        "queued": queued,
         "admin": domain.admins.first(),
     }
 

@@ -111,3 +111,39 @@ def test_removing_a_suppression_needs_the_csrf_token(example_org, alice):
     remove = reverse("delivery:suppression_remove", kwargs={"pk": example_org.pk, "suppression_pk": gone.pk})
     assert client.post(remove).status_code == 403
     assert Suppression.objects.filter(pk=gone.pk).exists()
+
+
+def test_a_domain_admin_retries_a_deferred_message_now_and_deletes_another(client, alice, example_org, other_test):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from portal.models import AuditLog
+
+    later = timezone.now() + dt.timedelta(hours=2)
+    waiting = _queued(example_org, "friend@remote.test")
+    QueuedRecipient.objects.filter(message=waiting).update(next_attempt_at=later)
+    unwanted = _queued(example_org, "typo@remote.tset")
+    client.force_login(alice)
+    page = client.get(reverse("delivery:domain_queue", kwargs={"pk": example_org.pk})).content.decode()
+    assert "Retry now" in page and "Delete" in page
+    retry = reverse("delivery:queue_retry", kwargs={"pk": example_org.pk, "message_pk": waiting.pk})
+    assert client.get(retry).status_code == 405
+    response = client.post(retry, follow=True)
+    assert "1 recipient(s) will be tried again now" in response.content.decode()
+    rcpt = waiting.recipients.get()
+    assert rcpt.state == "queued" and rcpt.next_attempt_at <= timezone.now()
+    delete = reverse("delivery:queue_delete", kwargs={"pk": example_org.pk, "message_pk": unwanted.pk})
+    assert f"{unwanted.queue_id} is deleted" in client.post(delete, follow=True).content.decode()
+    assert not QueuedMessage.objects.filter(pk=unwanted.pk).exists()
+    assert {a.action for a in AuditLog.objects.filter(domain=example_org)} >= {"queue.retry", "queue.delete"}
+
+
+def test_another_tenants_queued_message_cannot_be_retried_or_deleted(client, alice, example_org, other_test):
+    theirs = _queued(other_test, "theirs@remote.test")
+    client.force_login(alice)
+    for name in ("delivery:queue_retry", "delivery:queue_delete"):
+        for pk in (example_org.pk, other_test.pk):
+            assert client.post(reverse(name, kwargs={"pk": pk, "message_pk": theirs.pk})).status_code == 404
+    assert QueuedMessage.objects.filter(pk=theirs.pk).exists()
+    assert theirs.recipients.get().state == "deferred"

@@ -57,6 +57,8 @@ MATRIX = {
     "delivery:domain_log": ("domain", [], 200),
     "delivery:domain_queue": ("domain", [], 200),
     "delivery:domain_suppressions": ("domain", [], 200),
+    "delivery:queue_retry": ("domain", [("message_pk", "queued")], 405),
+    "delivery:queue_delete": ("domain", [("message_pk", "queued")], 405),
     "delivery:suppression_remove": ("domain", [("suppression_pk", "suppression")], 405),
     "me:overview": ("mailbox", [], 200),
     "me:password": ("mailbox", [], 200),
