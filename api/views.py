@@ -208,6 +208,24 @@ class QueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewS
             qs = qs.filter(state=state)
         return qs.select_related("message").defer("message__data")
 
+    @staticmethod
+    def owning_domain_id(row) -> int | None:
+        """A queue row belongs to the domain that sent the message (its `domain` is the recipient's)."""
+        return row.message.sender_domain_id
+
+    @extend_schema(request=None, responses=s.QueuedRecipientSerializer)
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """Make the message's pending recipients due now (as `manage.py queue retry`); rows a
+        worker holds right now are left to it."""
+        from delivery import queue
+
+        row = self.get_object()
+        if queue.retry_now(row.message.queue_id):
+            queue.kick()
+        row.refresh_from_db()
+        return Response(self.get_serializer(row).data)
+
 
 @extend_schema_view(list=extend_schema(parameters=[
     OpenApiParameter("domain", int, description="only this domain's suppressions"),

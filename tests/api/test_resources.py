@@ -238,3 +238,20 @@ def test_suppressions_are_listed_per_domain_and_deleting_one_lifts_it(api, alice
     assert api(charlie).delete(f"/api/suppressions/{gone.pk}/").status_code == 404
     assert api(alice).delete(f"/api/suppressions/{gone.pk}/").status_code == 204
     assert not Suppression.objects.filter(pk=gone.pk).exists()
+
+
+def test_a_deferred_message_is_retried_now_through_the_api(api, alice, charlie, example_org):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from delivery.models import QueuedMessage, QueuedRecipient
+
+    message = QueuedMessage.objects.create(sender="bob@example.org", data=b"x", sender_domain=example_org)
+    row = QueuedRecipient.objects.create(message=message, address="friend@remote.test", domain="remote.test",
+                                         state="deferred", next_attempt_at=timezone.now() + dt.timedelta(hours=2))
+    assert api(charlie).post(f"/api/queue/{row.pk}/retry/").status_code == 404
+    response = api(alice).post(f"/api/queue/{row.pk}/retry/")
+    assert response.status_code == 200 and response.json()["state"] == "queued"
+    row.refresh_from_db()
+    assert row.next_attempt_at <= timezone.now()
