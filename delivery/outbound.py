@@ -419,41 +419,66 @@ def _deliver_domain(run: str, domain: str, rows: list[QueuedRecipient], in_fligh
         if not pending:
             break
         key = _key(host, policy, relay)
-        try:
-            conn = held.pop(key, None) if policy.allows(host.name) or not policy.enforced else None
-            conn = conn or connect(host, policy, relay)
-        except HostFailed as exc:
-            last_error = str(exc)
-            log.info("%s", exc)
-            continue
-        healthy = False
-        try:
-            while pending:
-                ours = in_flight.ours()
-                group = [r for r in pending[0] if r.pk in ours]
-                again = []
-                if group:
-                    message = group[0].message
-                    results = conn.send(message.sender, group, bytes(message.data))
-                    again = [r for r in group if results[r.pk].kind == AGAIN]
-                    _record_results(run, [r for r in group if r not in again], results)
-                pending.pop(0)
-                if again:
-                    pending.insert(0, again)
-            healthy = True
-        except HostFailed as exc:
-            last_error = str(exc)
-            log.info("%s", exc)
-        finally:
-            if healthy:
-                held[key] = conn
-            else:
-                conn.close()
+        while pending:
+            try:
+                conn = held.pop(key, None) if policy.allows(host.name) or not policy.enforced else None
+                conn = conn or connect(host, policy, relay)
+            except HostFailed as exc:
+                last_error = str(exc)
+                log.info("%s", exc)
+                break
+            abandoned = healthy = False
+            try:
+                abandoned = _send_pending(run, conn, pending, in_flight)
+                healthy = not abandoned
+            except HostFailed as exc:
+                last_error = str(exc)
+                log.info("%s", exc)
+            finally:
+                if healthy:
+                    held[key] = conn
+                else:
+                    conn.close()
+            if not abandoned:
+                break  # done, or this host failed: the next one takes what is left
     if pending:
         outcome = Outcome("deferred", f"451 4.4.1 {last_error}")
         for group in pending:
             for r in group:
                 record(run, r, outcome)
+
+
+def _send_pending(run: str, conn: Connection, pending: list[list[QueuedRecipient]], in_flight: _InFlight) -> bool:
+    """Send the pending groups over `conn`, committing each outcome as the peer answers.
+
+    Returns False when none is left. True when an error of our own (a bug, not the peer) broke
+    off a message: that message is deferred like any failed attempt, so it retries on the
+    schedule and expires with a DSN at the end instead of staying leased and retried for ever,
+    and the session, in an unknown state, is given up; a fresh one takes the rest. Raises
+    HostFailed when the session with the peer broke.
+    """
+    while pending:
+        ours = in_flight.ours()
+        group = [r for r in pending[0] if r.pk in ours]
+        again = []
+        if group:
+            message = group[0].message
+            try:
+                results = conn.send(message.sender, group, bytes(message.data))
+            except HostFailed:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                log.exception("local error delivering %s to %s", message.queue_id, conn.host.name)
+                pending.pop(0)
+                reply = f"451 4.3.0 Local error while delivering: {type(exc).__name__}: {exc}"[:500]
+                _record_results(run, group, {r.pk: Outcome("deferred", reply) for r in group})
+                return True
+            again = [r for r in group if results[r.pk].kind == AGAIN]
+            _record_results(run, [r for r in group if r not in again], results)
+        pending.pop(0)
+        if again:
+            pending.insert(0, again)
+    return False
 
 
 class _InFlight:

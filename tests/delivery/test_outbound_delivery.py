@@ -359,3 +359,24 @@ def test_a_refused_data_command_answers_for_the_accepted_recipients_only(bob, re
     rcpt = other.recipients.get()
     assert rcpt.state == State.BOUNCED and rcpt.last_reply == "554 5.7.1 Message refused by policy", \
         "the next message on the connection got its own answer after RSET"
+
+
+def test_a_local_error_on_one_message_defers_it_and_the_rest_still_goes_out(bob, sink, monkeypatch):
+    """A bug of ours (injected here: the one fault no real peer can cause) must not leave the
+    message leased and retried for ever, nor hold back the mail behind it."""
+    real_send = outbound.Connection.send
+
+    def send(self, sender, rcpts, data):
+        if any(r.address.startswith("poison") for r in rcpts):
+            raise RuntimeError("injected fault")
+        return real_send(self, sender, rcpts, data)
+
+    monkeypatch.setattr(outbound.Connection, "send", send)
+    poison = enqueue("bob@example.org", ["poison@remote.test"], MESSAGE)
+    after = enqueue("bob@example.org", ["after@remote.test"], MESSAGE)
+    run_queue()
+    rcpt = poison.recipients.get()
+    assert rcpt.state == State.DEFERRED and rcpt.attempts == 1 and rcpt.lease_owner == ""
+    assert rcpt.last_reply.startswith("451 4.3.0 Local error") and "injected fault" in rcpt.last_reply
+    assert after.recipients.get().state == State.DELIVERED
+    assert [m.rcpt_tos for m in sink.wait_for(1)] == [["after@remote.test"]]
