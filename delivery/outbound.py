@@ -354,7 +354,7 @@ def deliver_batch(run: str, rows: list[QueuedRecipient], *, marked: bool = False
     only connections parked between runs are probed with RSET. `marked`: the claim already
     marked the rows in flight for this run (`claim_due(run=...)`).
     """
-    rows = _drop_suppressed(run, rows)
+    rows = _drop_suppressed(run, _hold_suspended(run, rows))
     by_domain: OrderedDict[str, list[QueuedRecipient]] = OrderedDict()
     for r in rows:
         by_domain.setdefault(r.domain, []).append(r)
@@ -515,6 +515,23 @@ def _record_results(run: str, group: list[QueuedRecipient], results: dict[int, O
     for r in group:
         if r not in delivered:
             record(run, r, results[r.pk])
+
+
+def _hold_suspended(run: str, rows: list[QueuedRecipient]) -> list[QueuedRecipient]:
+    """Mail of a suspended sending domain does not leave, even what was queued before.
+
+    A domain is suspended to stop it (a compromised account sending spam): letting its queue
+    drain would finish the job. Its mail is deferred like any temporary failure, so it goes
+    out if the domain is resumed within the queue lifetime and expires with it otherwise.
+    """
+    keep = []
+    for r in rows:
+        domain = r.message.sender_domain
+        if domain is not None and not domain.active:
+            record(run, r, Outcome("deferred", f"451 4.7.1 The sending domain {domain.name} is suspended"))
+        else:
+            keep.append(r)
+    return keep
 
 
 def _any_suppressed(domain_ids: set[int], addresses: set[str], now) -> bool:

@@ -380,3 +380,18 @@ def test_a_local_error_on_one_message_defers_it_and_the_rest_still_goes_out(bob,
     assert rcpt.last_reply.startswith("451 4.3.0 Local error") and "injected fault" in rcpt.last_reply
     assert after.recipients.get().state == State.DELIVERED
     assert [m.rcpt_tos for m in sink.wait_for(1)] == [["after@remote.test"]]
+
+
+def test_queued_mail_of_a_suspended_domain_stays_until_the_domain_is_resumed(bob, sink, example_org):
+    held = enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+    example_org.active = False
+    example_org.save(update_fields=["active"])
+    run_queue()
+    rcpt = held.recipients.get()
+    assert rcpt.state == State.DEFERRED and "example.org is suspended" in rcpt.last_reply
+    assert sink.handler.rcpt_attempts == [], "nothing of it reached the peer"
+    example_org.active = True
+    example_org.save(update_fields=["active"])
+    queue.retry_now(held.queue_id)
+    run_queue()
+    assert held.recipients.get().state == State.DELIVERED and len(sink.wait_for(1)) == 1
