@@ -43,8 +43,7 @@ class TenantPermission(permissions.BasePermission):
         if getattr(view, "action", None) in getattr(view, "superadmin_object_actions", ()):
             if not user.is_superuser:
                 raise exceptions.PermissionDenied(SUPERADMIN_ONLY)
-        domain_id = view.owning_domain_id(obj) if hasattr(view, "owning_domain_id") else (
-            obj.pk if isinstance(obj, Domain) else obj.domain_id)
+        domain_id = view.owning_domain_id(obj)
         if not Domain.objects.for_user(user).filter(pk=domain_id).exists():
             raise exceptions.PermissionDenied(NOT_YOUR_DOMAIN)
         return True

@@ -28,6 +28,11 @@ class TenantViewSet(viewsets.GenericViewSet):
 
     create_serializer_class: type | None = None
 
+    @staticmethod
+    def owning_domain_id(obj) -> int | None:
+        """Which domain an object belongs to, for the object permission (api/permissions.py)."""
+        return obj.pk if isinstance(obj, Domain) else obj.domain_id
+
     def get_serializer_class(self):
         if self.action == "create" and self.create_serializer_class is not None:
             return self.create_serializer_class
@@ -57,6 +62,14 @@ class PatchMixin:
         with transaction.atomic():
             serializer.save()
         return Response(serializer.data)
+
+
+def domain_filter(request, qs):
+    """`?domain=ID`: only that domain's rows (none for an ID that is not a number)."""
+    domain = request.query_params.get("domain")
+    if not domain:
+        return qs
+    return qs.filter(domain_id=domain) if domain.isdigit() else qs.none()
 
 
 def choice_filter(request, name: str, choices) -> str | None:
@@ -106,9 +119,7 @@ class MailboxViewSet(CreateMixin, mixins.ListModelMixin, mixins.RetrieveModelMix
     def get_queryset(self):
         user = self.request.user
         qs = Mailbox.objects.filter(Q(domain__in=visible_domains(self.request)) | Q(user_id=user.pk))
-        if domain := self.request.query_params.get("domain"):
-            qs = qs.filter(domain_id=domain) if domain.isdigit() else qs.none()
-        return qs.select_related("domain")
+        return domain_filter(self.request, qs).select_related("domain")
 
     def perform_destroy(self, instance):
         """The login goes too unless it has another role; the Maildir stays on disk (mail is never
@@ -131,9 +142,7 @@ class AliasViewSet(CreateMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin
 
     def get_queryset(self):
         qs = Alias.objects.filter(domain__in=visible_domains(self.request))
-        if domain := self.request.query_params.get("domain"):
-            qs = qs.filter(domain_id=domain) if domain.isdigit() else qs.none()
-        return qs.select_related("domain")
+        return domain_filter(self.request, qs).select_related("domain")
 
 
 @extend_schema_view(create=extend_schema(responses=s.RelayCredentialCreateSerializer))
@@ -182,8 +191,7 @@ class MessageLogViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
         if self.action != "list":
             return qs
         params = self.request.query_params
-        if domain := params.get("domain"):
-            qs = qs.filter(domain_id=domain) if domain.isdigit() else qs.none()
+        qs = domain_filter(self.request, qs)
         if direction := choice_filter(self.request, "direction", MessageLog.Direction):
             qs = qs.filter(direction=direction)
         if result := choice_filter(self.request, "result", MessageLog.Result):
@@ -237,6 +245,6 @@ class SuppressionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixin
 
     def get_queryset(self):
         qs = Suppression.objects.filter(domain__in=visible_domains(self.request), expires_at__gt=timezone.now())
-        if self.action == "list" and (domain := self.request.query_params.get("domain")):
-            qs = qs.filter(domain_id=domain) if domain.isdigit() else qs.none()
+        if self.action == "list":
+            qs = domain_filter(self.request, qs)
         return qs.select_related("domain").order_by("-created_at", "-id")

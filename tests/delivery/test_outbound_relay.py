@@ -122,44 +122,35 @@ def test_a_smarthost_whose_tls_handshake_fails_never_gets_the_credentials_in_pla
     assert rcpt.state == State.DEFERRED and "TLS handshake failed" in rcpt.last_reply
 
 
-@pytest.mark.parametrize(("relay", "expected"), [("smtp.example.net:465", "implicit"),
-                                                 ("smtp.example.net:587", "starttls")])
-def test_port_465_means_implicit_tls_unless_told_otherwise(relay, expected, tmp_path):
+def settings_run(tmp_path, args: list[str], **env: str):
+    """`python <args>` in a fresh process whose settings come from `env` alone."""
     import subprocess
     import sys
 
     from tests.support import ROOT
 
-    result = subprocess.run([sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
-                             "print(settings.SMTP_RELAY_TLS)"], cwd=ROOT, capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "SMTP_RELAY_HOST": relay,
-                                 "DJANGO_SETTINGS_MODULE": "mailhost.settings",
-                                 "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"})
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "mailhost.settings",
+                               "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3", **env})
+
+
+@pytest.mark.parametrize(("relay", "expected"), [("smtp.example.net:465", "implicit"),
+                                                 ("smtp.example.net:587", "starttls")])
+def test_port_465_means_implicit_tls_unless_told_otherwise(relay, expected, tmp_path):
+    result = settings_run(tmp_path, ["-c", "import django; django.setup(); from django.conf import settings; "
+                                           "print(settings.SMTP_RELAY_TLS)"], SMTP_RELAY_HOST=relay)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
 
 
 def test_relay_credentials_without_a_relay_host_are_a_configuration_error(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.support import ROOT
-
-    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "SMTP_RELAY_USER": USER, "SMTP_RELAY_PASSWORD": PASSWORD,
-                                 "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"})
+    result = settings_run(tmp_path, ["manage.py", "check"], SMTP_RELAY_USER=USER, SMTP_RELAY_PASSWORD=PASSWORD)
     assert result.returncode != 0
     assert "SMTP_RELAY_USER and SMTP_RELAY_PASSWORD need SMTP_RELAY_HOST" in result.stderr
 
 
 def test_an_unknown_relay_tls_mode_is_a_configuration_error(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.support import ROOT
-
-    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "SMTP_RELAY_HOST": "smtp.example.net:465",
-                                 "SMTP_RELAY_TLS": "ssl", "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"})
+    result = settings_run(tmp_path, ["manage.py", "check"], SMTP_RELAY_HOST="smtp.example.net:465",
+                          SMTP_RELAY_TLS="ssl")
     assert result.returncode != 0
     assert "SMTP_RELAY_TLS must be starttls or implicit" in result.stderr
