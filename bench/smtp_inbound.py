@@ -230,9 +230,9 @@ def _run_mailhost(work: Path, args, dns) -> dict:
     )
     subprocess.run([py, "manage.py", "shell", "-c", setup], cwd=ROOT, env=env, check=True)
     port = free_port()
-    # Several copies on one port (SO_REUSEPORT) is how the stateless service scales out on one box.
-    # `--processes N` forks N copies on one port (SO_REUSEPORT): how the stateless service uses
-    # every core; `--copies K` starts K such commands (the same, without the parent process).
+    # `--processes N` forks N copies sharing the port's socket (each new connection to the copy
+    # with the fewest): how the stateless service uses every core; `--copies K` starts K such
+    # commands on one port (SO_REUSEPORT, the kernel spreading connections over the commands).
     procs = [subprocess.Popen([py, "manage.py", "runsmtp", "--inbound", f"127.0.0.1:{port}", "--submission", "off",
                                "--submissions", "off", "--processes", str(args.processes)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE) for _ in range(args.copies)]

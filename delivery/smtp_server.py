@@ -22,7 +22,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope
 from django.conf import settings
 from django.db import connections
 
-from . import db_writes, rate_limits, replies, sender_checks, smtp_auth, smtp_policy, smtp_transaction, tls
+from . import db_writes, listening, rate_limits, replies, sender_checks, smtp_auth, smtp_policy, smtp_transaction, tls
 
 log = logging.getLogger("mailhost.smtp")
 # `<dot-atom@dot-atom>`: nearly every MAIL and RCPT argument. aiosmtpd runs each through the
@@ -151,10 +151,11 @@ def ehlo_lines(responses: list[str], *, offer_auth: bool) -> list[str]:
 
 class MailSMTP(SMTP):
     def __init__(self, handler: MailHandler, *, limiter: ConnectionLimiter, data_timeout: float,
-                 active: set, **kwargs):
+                 active: set, closed=None, **kwargs):
         super().__init__(handler, **kwargs)
         self.listener = handler.listener
         self.limiter = limiter
+        self._uncount = closed      # tells listening.Balance that this connection is over
         self.data_timeout = data_timeout
         self.active = active
         self._limit_reply: str | None = None
@@ -289,6 +290,8 @@ class MailSMTP(SMTP):
             self.limiter.release(self._counted_ip)
             self._counted_ip = None
         self.active.discard(self)
+        if self._uncount is not None:
+            self._uncount()
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
@@ -331,8 +334,15 @@ def keep_database_connections() -> None:
             connection.settings_dict["CONN_MAX_AGE"] = 600
 
 
-async def serve(listeners: list[Listener], *, ready=None) -> None:
-    """Run until SIGTERM or SIGINT; then stop accepting, let sessions finish briefly, close."""
+async def serve(listeners: list[Listener], *, ready=None, sockets: dict[str, list] | None = None,
+                balance: listening.Balance | None = None) -> None:
+    """Run until SIGTERM or SIGINT; then stop accepting, let sessions finish briefly, close.
+
+    `sockets` (listener name -> its bound sockets) and `balance`: given by `runsmtp --processes`,
+    whose copies share them (delivery/listening.py); a lone service binds its own.
+    """
+    if sockets is None:
+        sockets = {listener.name: listening.bind(listener.host, listener.port) for listener in listeners}
     loop = asyncio.get_running_loop()
     keep_database_connections()
     executor = ThreadPoolExecutor(max_workers=settings.SMTP_WORKER_THREADS, thread_name_prefix="smtp-work")
@@ -342,14 +352,12 @@ async def serve(listeners: list[Listener], *, ready=None) -> None:
     context = tls.server_context()
     limiter = ConnectionLimiter(settings.SMTP_MAX_CONNECTIONS_PER_IP, settings.SMTP_MAX_CONNECTIONS)
     active: set[MailSMTP] = set()
-    servers = []
+    acceptors = []
     for listener in listeners:
         factory = functools.partial(_protocol, listener, context, limiter, active, loop)
-        servers.append(await loop.create_server(
-            # reuse_port: several copies of the service may listen on one port and the kernel
-            # spreads connections over them (the service keeps no state that needs one process).
-            factory, host=listener.host, port=listener.port, reuse_address=True, reuse_port=True,
-            ssl=context if listener.implicit_tls else None))
+        for sock in sockets[listener.name]:
+            acceptors.append(listening.Acceptor(loop, sock, factory, balance=balance,
+                                                ssl=context if listener.implicit_tls else None))
         log.info("listening listener=%s address=[%s]:%d", listener.name, listener.host, listener.port)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -358,8 +366,8 @@ async def serve(listeners: list[Listener], *, ready=None) -> None:
         ready()
     await stop.wait()
     log.info("stopping: no new connections, %d open", len(active))
-    for server in servers:
-        server.close()
+    for acceptor in acceptors:
+        acceptor.close()
     deadline = loop.time() + settings.SMTP_SHUTDOWN_GRACE
     while True:
         for protocol in list(active):
@@ -375,9 +383,9 @@ async def serve(listeners: list[Listener], *, ready=None) -> None:
     log.info("stopped")
 
 
-def _protocol(listener: Listener, context, limiter, active, loop) -> MailSMTP:
+def _protocol(listener: Listener, context, limiter, active, loop, closed=None) -> MailSMTP:
     return MailSMTP(
-        MailHandler(listener), limiter=limiter, active=active, loop=loop,
+        MailHandler(listener), limiter=limiter, active=active, loop=loop, closed=closed,
         data_timeout=settings.SMTP_DATA_TIMEOUT, timeout=settings.SMTP_COMMAND_TIMEOUT,
         hostname=settings.MAIL_HOSTNAME, ident="ESMTP mailhost",
         data_size_limit=settings.SMTP_MAX_MESSAGE_SIZE, enable_SMTPUTF8=True, decode_data=False,

@@ -1,6 +1,7 @@
 """What the SMTP service does to go faster must not change what it accepts: the short RCPT
 cache lets suspensions and deletions through within its lifetime, batched writes stay
-committed before 250, and `runsmtp --processes N` serves on every copy and stops cleanly."""
+committed before 250, and `runsmtp --processes N` serves on every copy, gives each new connection
+to the copy with the fewest, and stops cleanly."""
 
 from __future__ import annotations
 
@@ -171,6 +172,80 @@ def test_runsmtp_with_two_processes_serves_on_one_port_and_stops_on_sigterm(tran
             proc.wait()
     assert proc.returncode == 0, output
     assert not any(os.path.exists(f"/proc/{child}") for child in children)
+
+
+class two_copies:
+    """`runsmtp --processes 2` on an inbound port: (port, the two copies' pids)."""
+
+    def __enter__(self) -> tuple[int, list[int]]:
+        port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "manage.py", "runsmtp", "--processes", "2", "--inbound",
+                                      f"127.0.0.1:{port}", "--submission", "off", "--submissions", "off"], cwd=ROOT,
+                                     env=subprocess_env(DNS_RESOLVERS="127.0.0.1:9"), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        announced = f"runsmtp: inbound on 127.0.0.1:{port}"
+        assert any(line.decode().strip() == announced for line in iter(self.proc.stdout.readline, b""))
+        return port, _children(self.proc.pid)
+
+    def __exit__(self, *exc):
+        for child in _children(self.proc.pid):
+            os.kill(child, signal.SIGCONT)
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _copy_serving(client: smtplib.SMTP, copies: list[int]) -> int:
+    """The copy whose socket is the other end of `client`'s connection (by /proc/net/tcp)."""
+    client_port = client.sock.getsockname()[1]
+    server_port = client.sock.getpeername()[1]
+    inodes = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            inodes.add(f"socket:[{fields[9]}]")
+    for pid in copies:
+        fds = f"/proc/{pid}/fd"
+        if any(os.readlink(f"{fds}/{fd}") in inodes for fd in os.listdir(fds)):
+            return pid
+    raise AssertionError("no copy holds the connection")
+
+
+def _greeted(port: int) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", port, timeout=20)     # returns once the greeting is read
+    client.ehlo("client.test")
+    return client
+
+
+def test_runsmtp_copies_take_new_connections_in_turn_by_how_many_each_holds(transactional_db):
+    """Long-lived submission sessions all on one copy left the other cores idle (SO_REUSEPORT
+    hashed them blindly): a new connection goes to the copy with the fewest open."""
+    with two_copies() as (port, copies):
+        clients = [_greeted(port) for _ in range(4)]
+        serving = [_copy_serving(client, copies) for client in clients]
+        assert sorted(serving.count(pid) for pid in copies) == [2, 2]
+        first_copy = serving[0]
+        clients[0].quit()
+        clients[2 if serving[2] == first_copy else 1 if serving[1] == first_copy else 3].quit()
+        time.sleep(0.5)     # the copy sees both sessions end
+        newcomers = [_greeted(port) for _ in range(2)]
+        assert [_copy_serving(client, copies) for client in newcomers] == [first_copy, first_copy]
+        for client in newcomers + clients:
+            client.close()
+
+
+def test_a_copy_that_hangs_does_not_keep_new_connections_waiting(transactional_db):
+    with two_copies() as (port, copies):
+        busy = _greeted(port)
+        idle_copy = next(pid for pid in copies if pid != _copy_serving(busy, copies))
+        os.kill(idle_copy, signal.SIGSTOP)
+        started = time.monotonic()
+        newcomer = _greeted(port)
+        assert _copy_serving(newcomer, copies) != idle_copy
+        assert time.monotonic() - started < 5
+        assert newcomer.noop()[0] == 250
+        newcomer.quit()
+        busy.quit()
 
 
 def test_runsmtp_fails_when_its_processes_cannot_listen(transactional_db):

@@ -105,3 +105,16 @@ def test_from_must_hold_exactly_one_address(bob):
     assert header_sender_addresses(b"Subject: no from\r\n\r\n") is None
     assert header_sender_addresses(b'From: "Bob, Jr." <bob@example.org>\r\n\r\n') == (["bob@example.org"], [])
     assert submission_headers_reply(b"To: x@remote.test\r\n\r\n", None) == replies.FROM_MISSING
+
+
+def test_a_client_speaking_plaintext_to_the_implicit_tls_port_is_dropped_and_the_next_is_served(
+        shared_smtp_service, bob):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", shared_smtp_service.submissions), timeout=20) as plain:
+        plain.sendall(b"EHLO client.test\r\n")
+        try:
+            assert not plain.recv(1024).startswith(b"2")    # the TLS handshake failed: closed
+        except ConnectionResetError:
+            pass
+    assert submit(shared_smtp_service, "bob@example.org", ["friend@remote.test"], message()) == {}

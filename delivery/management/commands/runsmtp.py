@@ -14,6 +14,7 @@ import traceback
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
+from delivery import listening
 from delivery.smtp_server import Listener, serve
 
 DEFAULTS = {"inbound": "127.0.0.1:2525", "submission": "127.0.0.1:2587", "submissions": "127.0.0.1:2465"}
@@ -47,8 +48,9 @@ class Command(BaseCommand):
             parser.add_argument(f"--{name}", default=default, metavar="HOST:PORT",
                                 help=f"listen address, or 'off' (default {default})")
         parser.add_argument("--processes", type=int, default=1, metavar="N",
-                            help="copies of the service sharing the listening ports (SO_REUSEPORT); "
-                                 "one per core uses every core (default 1)")
+                            help="copies of the service sharing the listening sockets, each new "
+                                 "connection going to the copy with the fewest; one per core uses "
+                                 "every core (default 1)")
 
     def handle(self, *args, **options):
         listeners = [listener for name in DEFAULTS if (listener := parse_listen(name, options[name]))]
@@ -66,23 +68,38 @@ class Command(BaseCommand):
             raise CommandError(f"cannot listen: {exc}") from exc
 
     def _prefork(self, listeners: list[Listener], count: int) -> None:
-        """Fork `count` copies of the service; each listens on the same ports with SO_REUSEPORT and
-        the kernel spreads connections over them. The service keeps no state that needs one
-        process (DESIGN.md), so this is how it uses more than one core despite Python's GIL.
+        """Fork `count` copies of the service sharing the sockets bound here; a new connection
+        goes to the copy with the fewest open (delivery/listening.py). The service keeps no state
+        that needs one process (DESIGN.md), so this is how it uses more than one core despite
+        Python's GIL.
         SIGTERM or SIGINT to this parent stops every copy gracefully; if one copy dies, the
         others are stopped too and the command fails, so a supervisor sees it and restarts."""
         connections.close_all()     # a connection must never be shared across fork
+        sockets: dict[str, list] = {}
+        try:
+            for listener in listeners:
+                sockets[listener.name] = listening.bind(listener.host, listener.port)
+        except OSError as exc:
+            for bound in sockets.values():
+                for sock in bound:
+                    sock.close()
+            raise CommandError(f"cannot listen: {exc}") from exc
+        balance = listening.Balance(count)
         ready_r, ready_w = os.pipe()
         children: set[int] = set()
         parent = os.getpid()
-        for _ in range(count):
+        for copy in range(count):
             pid = os.fork()
             if pid == 0:
                 os.close(ready_r)
                 _die_with(parent)
-                os._exit(_child(listeners, ready_w))
+                balance.take_slot(copy)
+                os._exit(_child(listeners, ready_w, sockets, balance))
             children.add(pid)
         os.close(ready_w)
+        for bound in sockets.values():  # the copies hold them now
+            for sock in bound:
+                sock.close()
         stopping = False
 
         def stop(signum, _frame):
@@ -136,12 +153,12 @@ class Command(BaseCommand):
         self.stdout.flush()
 
 
-def _child(listeners: list[Listener], ready_w: int) -> int:
+def _child(listeners: list[Listener], ready_w: int, sockets: dict[str, list], balance: listening.Balance) -> int:
     """One forked copy of the service; returns its exit status."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
-        asyncio.run(serve(listeners, ready=lambda: os.write(ready_w, b"r")))
+        asyncio.run(serve(listeners, ready=lambda: os.write(ready_w, b"r"), sockets=sockets, balance=balance))
     except OSError as exc:
         sys.stderr.write(f"runsmtp: cannot listen: {exc}\n")
         return 1
