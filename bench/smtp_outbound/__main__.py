@@ -1,6 +1,7 @@
 """bench/smtp_outbound: end-to-end outbound throughput, mailhost vs a private Postfix.
 
-    .venv/bin/python bench/smtp_outbound [--messages 5000] [--rounds 3] [--domains 50] [--clients 4] [--no-opendkim]
+    .venv/bin/python bench/smtp_outbound [--messages 5000] [--rounds 3] [--domains 50] [--clients 4]
+        [--processes N] [--concurrency N] [--no-opendkim] [--timeline]
 
 mailhost: authenticated submission (runsmtp --submission, STARTTLS + AUTH PLAIN) -> queue rows
 -> Celery worker with beat (DKIM-signed at enqueue, MX looked up in a loopback nsd serving 50
@@ -85,6 +86,7 @@ class CountingSink:
         from aiosmtpd.controller import Controller
 
         self.count = 0
+        self.arrivals: list[float] = []  # time.monotonic() of each message received
         self.kept = b""  # the message after the last keep_next()
         self.keeping = False
         self.lock = threading.Lock()
@@ -95,6 +97,7 @@ class CountingSink:
             async def handle_DATA(self, server, session, envelope):
                 with outer.lock:
                     outer.count += 1
+                    outer.arrivals.append(time.monotonic())
                     if outer.keeping:
                         outer.kept, outer.keeping = envelope.original_content, False
                 return "250 2.0.0 Ok"
@@ -136,13 +139,22 @@ def submit(port: int, indices: list[int], domains: int, login: tuple[str, str] |
         errors.append(exc)
 
 
-def run_load(port: int, total: int, domains: int, clients: int, login, sink: CountingSink) -> tuple[float, float]:
-    """(msg/s, CPU ms per message of the whole box) for one peer."""
+@dataclass
+class Load:
+    rate: float         # msg/s, first submission to last message at the sink
+    box_cpu: float      # CPU ms per message of the whole box
+    bench_cpu: float    # of which this process's (the submitting clients and the sink)
+
+
+def run_load(port: int, total: int, domains: int, clients: int, login, sink: CountingSink,
+             timeline: bool = False) -> Load:
+    """One peer's figures; `timeline`: print the messages reaching the sink per half second."""
     start_count = sink.count
     errors: list = []
     chunks = [list(range(i, total, clients)) for i in range(clients)]
     started = time.monotonic()
     box = box_cpu_seconds()
+    own = sum(os.times()[:2])
     threads = [threading.Thread(target=submit, args=(port, c, domains, login, errors)) for c in chunks]
     for t in threads:
         t.start()
@@ -156,8 +168,14 @@ def run_load(port: int, total: int, domains: int, clients: int, login, sink: Cou
     end = sink.wait(start_count + total, TIME_LIMIT)
     if sink.count - start_count < total:
         raise RuntimeError(f"only {sink.count - start_count} of {total} messages arrived in time")
-    cpu_ms = (box_cpu_seconds() - box) * 1000 / total
-    return total / (end - started), cpu_ms
+    load = Load(total / (end - started), (box_cpu_seconds() - box) * 1000 / total,
+                (sum(os.times()[:2]) - own) * 1000 / total)
+    if timeline:
+        halves = [0] * (int((end - started) * 2) + 1)
+        for t in sink.arrivals[start_count:]:
+            halves[min(len(halves) - 1, int((t - started) * 2))] += 1
+        print(f"  at the sink per 0.5 s (submission ended at {submitted - started:.1f} s): {halves}", flush=True)
+    return load
 
 
 def box_cpu_seconds() -> float:
@@ -509,6 +527,7 @@ class Round:
     sample: bytes
     theirs: float
     their_cpu: float
+    bench_cpu: float    # mean of the two runs: the same clients and sink for either peer
     signing: float = 0.0
     signing_cpu: float = 0.0
     opendkim_cpu: float = 0.0
@@ -539,7 +558,7 @@ def run_round(args, workdir: Path, dns, sink: CountingSink, procs: list) -> Roun
     time.sleep(3)  # let the worker connect to the broker
     before = group_cpu_seconds(smtp.pid), group_cpu_seconds(worker.pid)
     sink.keep_next()
-    ours, our_cpu = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink)
+    ours = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink, args.timeline)
     service_cpu = [(group_cpu_seconds(p.pid) - b) * 1000 / args.messages
                    for p, b in zip((smtp, worker), before, strict=True)]
     sample = sink.kept
@@ -547,9 +566,10 @@ def run_round(args, workdir: Path, dns, sink: CountingSink, procs: list) -> Roun
         stop(p)
     key = dkim_key(env) if args.opendkim else None
     dovecot, postfix, pport = setup_postfix(workdir, sink, procs)
-    theirs, their_cpu = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink)
+    theirs = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink, args.timeline)
     stop(postfix)
-    result = Round(env, ours, our_cpu, service_cpu, sample, theirs, their_cpu, key=key)
+    result = Round(env, ours.rate, ours.box_cpu, service_cpu, sample, theirs.rate, theirs.box_cpu,
+                   (ours.bench_cpu + theirs.bench_cpu) / 2, key=key)
     if args.opendkim:
         # The same Postfix, Dovecot and sink, restarted with the milter: only the signing is new.
         opendkim, milter = start_opendkim(workdir, key, procs)
@@ -557,8 +577,8 @@ def run_round(args, workdir: Path, dns, sink: CountingSink, procs: list) -> Roun
         postfix = start_postfix_master(workdir, pport, procs)
         sink.keep_next()
         before_odk = group_cpu_seconds(opendkim.pid)
-        result.signing, result.signing_cpu = run_load(pport, args.messages, args.domains, args.clients,
-                                                      LOGIN, sink)
+        signing = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink, args.timeline)
+        result.signing, result.signing_cpu = signing.rate, signing.box_cpu
         result.opendkim_cpu = (group_cpu_seconds(opendkim.pid) - before_odk) * 1000 / args.messages
         result.kept = sink.kept
         for p in (postfix, opendkim):
@@ -578,6 +598,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                         help="runsmtp --processes: submission service copies sharing the port (default: cores)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print how many messages reached the sink in each half second of every run")
     parser.add_argument("--opendkim", action=argparse.BooleanOptionalAction, default=None,
                         help=f"a third run: Postfix signing via an OpenDKIM milter (default: when {OPENDKIM} exists)")
     args = parser.parse_args()
@@ -652,7 +674,8 @@ def main() -> int:
         signing_line = ""
     print(f"CPU ms/message, whole box: mailhost {of(lambda r: r.our_cpu):.2f} "
           f"(runsmtp {of(lambda r: r.service_cpu[0]):.2f}, worker {of(lambda r: r.service_cpu[1]):.2f}, "
-          f"the rest is this bench's clients and sink), postfix {of(lambda r: r.their_cpu):.2f}{signing_line}")
+          f"this bench's clients and sink {of(lambda r: r.bench_cpu):.2f}), "
+          f"postfix {of(lambda r: r.their_cpu):.2f}{signing_line}")
     print(f"DKIM RSA-2048 signature: {sign_ours:.2f} ms (OpenSSL) vs {sign_pure:.2f} ms (dkimpy pure Python), "
           f"{sign_pure / sign_ours:.1f}x faster")
     print("sample signed:", all(r.sample.startswith(b"DKIM-Signature:") for r in rounds))
