@@ -14,4 +14,6 @@ urlpatterns = [
          name="suppression_remove"),
     path("log/", views.global_log, name="log"),
     path("queue/", views.global_queue, name="queue"),
+    path("queue/<int:message_pk>/retry/", views.global_queue_retry, name="global_queue_retry"),
+    path("queue/<int:message_pk>/delete/", views.global_queue_delete, name="global_queue_delete"),
 ]

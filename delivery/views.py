@@ -66,27 +66,31 @@ def queue_retry(request, domain, message_pk):
     """Deferred recipients of one message due now: after a peer's problem is fixed, no waiting
     out the retry schedule. Recipients a worker holds right now are left to it."""
     message = _own_message(domain, message_pk)
-    if refused := not_post(request):
-        return refused
-    count = queue.retry_now(message.queue_id)
-    if count:
-        queue.kick()
-    record(request, "queue.retry", message, domain=domain, detail=f"{count} recipients")
-    messages.success(request, f"{message.queue_id}: {count} recipient(s) will be tried again now."
-                     if count else f"{message.queue_id}: nothing left to retry.")
-    return redirect("delivery:domain_queue", pk=domain.pk)
+    return not_post(request) or _retry(request, message, domain, redirect("delivery:domain_queue", pk=domain.pk))
 
 
 @domain_view()
 def queue_delete(request, domain, message_pk):
     """The message leaves the queue for good, whatever its recipients' states: no DSN is sent."""
     message = _own_message(domain, message_pk)
-    if refused := not_post(request):
-        return refused
+    return not_post(request) or _delete(request, message, domain, redirect("delivery:domain_queue", pk=domain.pk))
+
+
+def _retry(request, message: QueuedMessage, domain, back):
+    count = queue.retry_now(message.queue_id)
+    if count:
+        queue.kick()
+    record(request, "queue.retry", message, domain=domain, detail=f"{count} recipients")
+    messages.success(request, f"{message.queue_id}: {count} recipient(s) will be tried again now."
+                     if count else f"{message.queue_id}: nothing left to retry.")
+    return back
+
+
+def _delete(request, message: QueuedMessage, domain, back):
     queue.delete(message.queue_id)
     record(request, "queue.delete", message, domain=domain)
     messages.success(request, f"{message.queue_id} is deleted from the queue.")
-    return redirect("delivery:domain_queue", pk=domain.pk)
+    return back
 
 
 @domain_view()
@@ -123,3 +127,23 @@ def global_log(request):
 @superadmin_required
 def global_queue(request):
     return render(request, "delivery/queue.html", _queue(request, QueuedRecipient.objects.all()))
+
+
+def _any_message(message_pk):
+    return get_object_or_404(
+        QueuedMessage.objects.select_related("sender_domain").only("pk", "queue_id", "sender", "sender_domain"),
+        pk=message_pk)
+
+
+@superadmin_required
+def global_queue_retry(request, message_pk):
+    """The superadmin's retry, for any message: also the ones no domain admin sees, the DSNs and
+    forwards whose envelope sender is not a hosted domain."""
+    message = _any_message(message_pk)
+    return not_post(request) or _retry(request, message, message.sender_domain, redirect("delivery:queue"))
+
+
+@superadmin_required
+def global_queue_delete(request, message_pk):
+    message = _any_message(message_pk)
+    return not_post(request) or _delete(request, message, message.sender_domain, redirect("delivery:queue"))

@@ -147,3 +147,38 @@ def test_another_tenants_queued_message_cannot_be_retried_or_deleted(client, ali
             assert client.post(reverse(name, kwargs={"pk": pk, "message_pk": theirs.pk})).status_code == 404
     assert QueuedMessage.objects.filter(pk=theirs.pk).exists()
     assert theirs.recipients.get().state == "deferred"
+
+
+def test_the_superadmin_retries_and_deletes_mail_no_domain_admin_can_reach_from_the_global_queue(
+        client, superadmin, alice, example_org):
+    """A DSN has the null sender and a forward keeps a remote sender: neither belongs to a hosted
+    domain, so only the superadmin's queue page can act on one stuck in the queue."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from portal.models import AuditLog
+
+    dsn = QueuedMessage.objects.create(sender="", data=b"report", sender_domain=None)
+    QueuedRecipient.objects.create(message=dsn, address="someone@remote.test", domain="remote.test",
+                                   state="deferred", next_attempt_at=timezone.now() + dt.timedelta(hours=4))
+    forward = QueuedMessage.objects.create(sender="SRS0=abcd=XY=remote.test=x@example.org", data=b"fwd",
+                                           sender_domain=None)
+    QueuedRecipient.objects.create(message=forward, address="bob@elsewhere.test", domain="elsewhere.test",
+                                   state="deferred")
+    client.force_login(alice)
+    assert client.post(reverse("delivery:global_queue_retry", kwargs={"message_pk": dsn.pk})).status_code == 403
+    client.force_login(superadmin)
+    page = client.get(reverse("delivery:queue")).content.decode()
+    assert page.count("Retry now") == 2 and dsn.queue_id in page and forward.queue_id in page
+    retry = reverse("delivery:global_queue_retry", kwargs={"message_pk": dsn.pk})
+    assert client.get(retry).status_code == 405
+    assert "1 recipient(s) will be tried again now" in client.post(retry, follow=True).content.decode()
+    rcpt = dsn.recipients.get()
+    assert rcpt.state == "queued" and rcpt.next_attempt_at <= timezone.now()
+    delete = reverse("delivery:global_queue_delete", kwargs={"message_pk": forward.pk})
+    assert f"{forward.queue_id} is deleted" in client.post(delete, follow=True).content.decode()
+    assert not QueuedMessage.objects.filter(pk=forward.pk).exists()
+    assert {a.action for a in AuditLog.objects.filter(object_id__in=[str(dsn.pk), str(forward.pk)])} == {
+        "queue.retry", "queue.delete"}
+    assert client.post(reverse("delivery:global_queue_delete", kwargs={"message_pk": 999999})).status_code == 404

@@ -28,6 +28,8 @@ MATRIX = {
     "domains:create": ("superadmin", [], 200),
     "delivery:log": ("superadmin", [], 200),
     "delivery:queue": ("superadmin", [], 200),
+    "delivery:global_queue_retry": ("superadmin", [("message_pk", "queued")], 405),
+    "delivery:global_queue_delete": ("superadmin", [("message_pk", "queued")], 405),
     "domains:detail": ("domain", [], 200),
     "domains:suspend": ("domain_super", [], 405),
     "domains:limits": ("domain_super", [], 200),
