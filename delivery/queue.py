@@ -521,6 +521,22 @@ def retry_now(queue_id: str) -> int:
     ).filter(_lease_free(timezone.now())).update(next_attempt_at=timezone.now(), state=State.QUEUED)
 
 
+def retry_all() -> int:
+    """Every pending recipient due now (Postfix's `postqueue -f`), e.g. after an outage of the
+    network or of a big receiver; recipients a worker holds right now are left to it."""
+    return QueuedRecipient.objects.filter(state__in=QueuedRecipient.PENDING_STATES).filter(
+        _lease_free(timezone.now())).update(next_attempt_at=timezone.now(), state=State.QUEUED)
+
+
 def delete(queue_id: str) -> bool:
     deleted, _ = QueuedMessage.objects.filter(queue_id=queue_id).delete()
     return bool(deleted)
+
+
+def delete_from(sender: str) -> int:
+    """Delete every message from one envelope sender that still has recipients to deliver: a
+    compromised account's flood. Returns how many messages; no DSN is sent."""
+    waiting = QueuedMessage.objects.filter(sender__iexact=sender, recipients__state__in=QueuedRecipient.PENDING_STATES)
+    ids = list(waiting.values_list("pk", flat=True).distinct())
+    QueuedMessage.objects.filter(pk__in=ids).delete()
+    return len(ids)
