@@ -68,7 +68,7 @@ class DomainSerializer(serializers.ModelSerializer):
     class Meta:
         model = Domain
         fields = ["id", "name", "unicode_name", "active", "max_mailboxes", "max_aliases", "default_quota",
-                  "max_quota", "ownership_verified_at", "created_at"]
+                  "max_quota", "send_limit_per_hour", "ownership_verified_at", "created_at"]
         read_only_fields = ["id", "name", "unicode_name", "ownership_verified_at", "created_at"]
 
     def update(self, instance, validated_data):
@@ -108,8 +108,8 @@ class MailboxSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Mailbox
-        fields = ["id", "address", "domain", "display_name", "quota", "used_bytes", "active", "created_at",
-                  "password"]
+        fields = ["id", "address", "domain", "display_name", "quota", "used_bytes", "active", "send_limit_per_hour",
+                  "created_at", "password"]
         read_only_fields = ["id", "domain", "used_bytes", "created_at"]
 
     def validate_password(self, value: str) -> str:

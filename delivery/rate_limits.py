@@ -1,4 +1,9 @@
-"""Hourly sending limits of relay credentials and app passwords (`rate_limit_per_hour`).
+"""Hourly sending limits: of a relay credential or app password (`rate_limit_per_hour`), of a
+mailbox over its password and app passwords, and of a whole domain (`send_limit_per_hour`).
+
+A submission is counted against every limit that covers it, each its own counter: an app
+password against its own, its mailbox's and its domain's. The first one that would go over
+refuses the recipient, and what the others had counted for it is given back.
 
 Counted in recipients, not messages: a message to three people counts three, so a leaked
 web-shop credential cannot send one message to a thousand addresses instead of a thousand
@@ -16,19 +21,41 @@ through Redis when several copies of the SMTP service run; a restart forgets it.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from django.core.cache import cache
 
 WINDOW = 3600
 
 
-def take(credential_id: int, limit: int, now: float | None = None) -> bool:
-    """Count one recipient against the credential's hourly limit; False (nothing counted) when
-    it would go over."""
+@dataclass(frozen=True)
+class SendLimit:
+    counter: str    # "credential:12", "mailbox:3", "domain:1"
+    per_hour: int
+    holder: str     # who the refusal names: "this login", "this mailbox", "domain example.org"
+
+
+def take_all(limits: tuple[SendLimit, ...], now: float | None = None) -> SendLimit | None:
+    """Count one recipient against each limit; the limit that refused it (nothing stays
+    counted), or None."""
     now = time.time() if now is None else now
-    bucket = int(now // WINDOW)
-    current = f"send-rate:{credential_id}:{bucket}"
-    previous = f"send-rate:{credential_id}:{bucket - 1}"
+    for n, limit in enumerate(limits):
+        if not take(limit.counter, limit.per_hour, now):
+            for taken in limits[:n]:
+                cache.decr(_key(taken.counter, now))
+            return limit
+    return None
+
+
+def _key(counter: int | str, now: float, hours_ago: int = 0) -> str:
+    return f"send-rate:{counter}:{int(now // WINDOW) - hours_ago}"
+
+
+def take(counter: int | str, limit: int, now: float | None = None) -> bool:
+    """Count one recipient against one hourly limit; False (nothing counted) when it would go
+    over."""
+    now = time.time() if now is None else now
+    current, previous = _key(counter, now), _key(counter, now, hours_ago=1)
     # Counted first and taken back when over: two sessions of one credential at the limit
     # cannot both pass between a read and a write.
     if cache.add(current, 1, 2 * WINDOW):

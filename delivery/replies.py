@@ -124,6 +124,7 @@ def accepted(queue_id: str) -> str:
     return ACCEPTED.format(queue_id=queue_id)
 
 
-def rate_limited(per_hour: int) -> str:
-    """RCPT over a credential's hourly limit: temporary, so the client keeps the mail for later."""
-    return f"451 4.7.1 Sending limit of {per_hour} recipients an hour reached for this login, try again later"
+def rate_limited(per_hour: int, holder: str = "this login") -> str:
+    """RCPT over an hourly sending limit (of a login, a mailbox or a domain): temporary, so the
+    client keeps the mail for later."""
+    return f"451 4.7.1 Sending limit of {per_hour} recipients an hour reached for {holder}, try again later"

@@ -35,10 +35,12 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
+from domains.models import Domain
 from mailboxes.models import Mailbox, RelayCredential, User
 from mailhost.addresses import AddressError, normalize_address
 
 from . import replies
+from .rate_limits import SendLimit
 
 log = logging.getLogger("mailhost.smtp.auth")
 
@@ -57,7 +59,7 @@ class Identity:
     login: str
     mailbox_id: int | None = None
     credential_id: int | None = None
-    rate_limit: int | None = None  # the credential's recipients per hour (delivery/rate_limits.py)
+    limits: tuple[SendLimit, ...] = ()  # every hourly sending limit over this login (delivery/rate_limits.py)
     _send_as: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def can_send_as(self, address: str) -> bool:
@@ -168,15 +170,28 @@ def verify(login: str, password: str) -> Identity | None:
     mailbox = getattr(user, "mailbox", None) if user else None
     if mailbox is not None and mailbox.can_receive and user.password:
         if _remembered_or_checked(name, password, user.password, user.check_password):
-            return Identity(login=name, mailbox_id=mailbox.pk)
+            return Identity(login=name, mailbox_id=mailbox.pk, limits=send_limits(None, mailbox, mailbox.domain))
     credentials = RelayCredential.objects.select_related("domain", "mailbox__domain", "mailbox__user").filter(
         revoked_at__isnull=True)
     for cred in list(credentials.filter(login=name)) + list(credentials.filter(mailbox__user__username=name)):
         if cred.is_active and _remembered_or_checked(name, password, cred.secret_hash, cred.check_secret):
             RelayCredential.objects.filter(pk=cred.pk).update(last_used_at=timezone.now())
+            domain = cred.mailbox.domain if cred.mailbox_id else cred.domain
             return Identity(login=name, mailbox_id=cred.mailbox_id, credential_id=cred.pk,
-                            rate_limit=cred.rate_limit_per_hour)
+                            limits=send_limits(cred, cred.mailbox, domain))
     return None
+
+
+def send_limits(cred: RelayCredential | None, mailbox: Mailbox | None, domain: Domain | None) -> tuple:
+    """The limits a login sends under, narrowest first, as they stand when it logs in."""
+    limits = []
+    if cred is not None and cred.rate_limit_per_hour:
+        limits.append(SendLimit(f"credential:{cred.pk}", cred.rate_limit_per_hour, "this login"))
+    if mailbox is not None and mailbox.send_limit_per_hour:
+        limits.append(SendLimit(f"mailbox:{mailbox.pk}", mailbox.send_limit_per_hour, "this mailbox"))
+    if domain is not None and domain.send_limit_per_hour:
+        limits.append(SendLimit(f"domain:{domain.pk}", domain.send_limit_per_hour, f"domain {domain.name}"))
+    return tuple(limits)
 
 
 def _remembered_or_checked(login: str, password: str, stored: str, check) -> bool:

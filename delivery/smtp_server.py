@@ -123,11 +123,13 @@ class MailHandler:
         if decision is None:
             decision = await thread(smtp_policy.rcpt_decision, address, authenticated=authenticated)
             smtp_policy.remember_rcpt_decision(address, decision, authenticated=authenticated)
-        if decision.accepted and authenticated and session.auth_data.rate_limit:
+        if decision.accepted and authenticated and session.auth_data.limits:
             identity = session.auth_data
-            if not await thread(rate_limits.take, identity.credential_id, identity.rate_limit):
-                log.warning("rate limit login=%r limit=%d/h rcpt refused", identity.login, identity.rate_limit)
-                return replies.rate_limited(identity.rate_limit)
+            over = await thread(rate_limits.take_all, identity.limits)
+            if over is not None:
+                log.warning("rate limit login=%r limit=%d/h of %s rcpt refused", identity.login, over.per_hour,
+                            over.holder)
+                return replies.rate_limited(over.per_hour, over.holder)
         if decision.accepted:
             envelope.rcpt_tos.append(address)
             envelope.tx.add_recipient(address, decision)

@@ -79,11 +79,24 @@ class DeleteConfirmForm(forms.Form):
         return self.cleaned_data["confirm"]
 
 
+class _ZeroWhenEmpty(forms.IntegerField):
+    """An optional number whose absence means 0 ("no limit"), so a form posted without it (an
+    older page, a script) neither fails nor records a change."""
+
+    def to_python(self, value):
+        number = super().to_python(value)
+        return 0 if number is None else number
+
+
 class DomainLimitsForm(forms.ModelForm):
     default_quota = SizeField(help_text="what a new mailbox gets; 0 for no limit")
     max_quota = SizeField(help_text="the most a mailbox may have; 0 for no limit")
+    send_limit_per_hour = _ZeroWhenEmpty(
+        min_value=0, required=False, label="Recipients per hour",
+        help_text="most recipients all the domain's mailboxes and credentials together may send to in any "
+                  "hour; empty or 0 for no limit")
 
     class Meta:
         model = Domain
-        fields = ["max_mailboxes", "max_aliases", "default_quota", "max_quota"]
+        fields = ["max_mailboxes", "max_aliases", "default_quota", "max_quota", "send_limit_per_hour"]
         help_texts = {"max_mailboxes": "0 for no limit", "max_aliases": "0 for no limit"}

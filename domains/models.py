@@ -29,6 +29,11 @@ class Domain(models.Model):
     max_aliases = models.PositiveIntegerField(default=0, help_text="0 means no limit")
     default_quota = models.PositiveBigIntegerField(default=GIB, help_text="bytes; 0: no quota")
     max_quota = models.PositiveBigIntegerField(default=0, help_text="bytes; 0: no limit")
+    # Over every authenticated sender of the domain together (mailboxes, app passwords, relay
+    # credentials): the platform's cap on one tenant, so a compromised account cannot burn the
+    # shared IP's reputation at full speed (delivery/rate_limits.py).
+    send_limit_per_hour = models.PositiveIntegerField(
+        default=0, help_text="recipients an hour over all the domain's senders; 0 means no limit")
     admins = models.ManyToManyField(
         settings.AUTH_USER_MODEL, blank=True, related_name="administered_domains"
     )

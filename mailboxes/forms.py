@@ -64,7 +64,10 @@ class MailboxEditForm(forms.ModelForm):
 
     class Meta:
         model = Mailbox
-        fields = ["display_name", "quota", "forward_to", "forward_keep_copy"]
+        fields = ["display_name", "quota", "forward_to", "forward_keep_copy", "send_limit_per_hour"]
+        labels = {"send_limit_per_hour": "Recipients per hour"}
+        help_texts = {"send_limit_per_hour": "most recipients it may send to in any hour, over its password and "
+                                             "app passwords (a message to three people counts three); empty: no limit"}
 
 
 class ForwardingForm(forms.ModelForm):

@@ -46,6 +46,9 @@ class Mailbox(models.Model):
     used_bytes = models.PositiveBigIntegerField(default=0)
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Recipients an hour over the mailbox's password and its app passwords (delivery/rate_limits.py).
+    send_limit_per_hour = models.PositiveIntegerField(
+        null=True, blank=True, help_text="recipients an hour, over its password and app passwords; empty: no limit")
     # Forwarding chosen by the mailbox user; remote targets are SRS-rewritten on the way out.
     forward_to = models.JSONField(default=list, blank=True)
     forward_keep_copy = models.BooleanField(default=True)

@@ -32,6 +32,20 @@ def test_a_superadmin_suspends_a_domain_and_its_mail_is_refused(api, superadmin,
     assert resolve("bob@example.org").verdict == Verdict.DISABLED
 
 
+def test_sending_limits_are_the_superadmins_for_a_domain_and_the_domain_admins_for_a_mailbox(
+        api, superadmin, alice, example_org, bob):
+    assert api(alice).patch(f"/api/domains/{example_org.pk}/", {"send_limit_per_hour": 10},
+                            format="json").status_code == 403
+    response = api(superadmin).patch(f"/api/domains/{example_org.pk}/", {"send_limit_per_hour": 10}, format="json")
+    assert (response.status_code, response.json()["send_limit_per_hour"]) == (200, 10)
+    response = api(alice).patch(f"/api/mailboxes/{bob.pk}/", {"send_limit_per_hour": 3}, format="json")
+    assert (response.status_code, response.json()["send_limit_per_hour"]) == (200, 3)
+    bob.refresh_from_db()
+    assert bob.send_limit_per_hour == 3
+    response = api(alice).patch(f"/api/mailboxes/{bob.pk}/", {"send_limit_per_hour": -1}, format="json")
+    assert response.status_code == 400 and "send_limit_per_hour" in str(response.json())
+
+
 def test_a_domain_admin_may_not_suspend_their_own_domain(api, alice, example_org):
     response = api(alice).patch(f"/api/domains/{example_org.pk}/", {"active": False}, format="json")
     assert (response.status_code, response.json()) == (403, {"detail": "Only a superadmin may do this."})

@@ -66,6 +66,14 @@ def test_the_superadmin_changes_a_domains_limits_and_a_contradiction_is_an_error
     assert AuditLog.objects.get(action="domain.limits").detail == "max_mailboxes, default_quota, max_quota"
 
 
+def test_the_superadmin_caps_what_a_whole_domain_may_send_an_hour(root_client, example_org):
+    url = reverse("domains:limits", kwargs={"pk": example_org.pk})
+    root_client.post(url, {"max_mailboxes": 0, "max_aliases": 0, "default_quota": "1G", "max_quota": "0",
+                           "send_limit_per_hour": 5000})
+    example_org.refresh_from_db()
+    assert example_org.send_limit_per_hour == 5000
+
+
 def test_deleting_a_domain_needs_its_name_typed(root_client, example_org, bob):
     url = reverse("domains:delete", kwargs={"pk": example_org.pk})
     assert "1 mailbox" in root_client.get(url).content.decode()

@@ -175,3 +175,16 @@ def test_an_exported_alias_file_imports_again(admin_client, example_org, bob):
     admin_client.post(url("mailboxes:import", example_org), {"kind": "aliases",
                                                              "file": SimpleUploadedFile("a.csv", exported)})
     assert Alias.objects.get().destinations == ["bob@example.org"]
+
+
+def test_an_admin_limits_how_many_recipients_a_mailbox_may_send_to_an_hour(admin_client, example_org, bob):
+    admin_client.post(url("mailboxes:edit", example_org, mailbox_pk=bob.pk),
+                      {"display_name": "Bob", "quota": "1G", "forward_to": "", "send_limit_per_hour": "200"})
+    bob.refresh_from_db()
+    assert bob.send_limit_per_hour == 200
+    page = admin_client.get(url("mailboxes:edit", example_org, mailbox_pk=bob.pk)).content.decode()
+    assert "Recipients per hour" in page
+    admin_client.post(url("mailboxes:edit", example_org, mailbox_pk=bob.pk),
+                      {"display_name": "Bob", "quota": "1G", "forward_to": "", "send_limit_per_hour": ""})
+    bob.refresh_from_db()
+    assert bob.send_limit_per_hour is None
