@@ -107,7 +107,7 @@ def kick() -> None:
     """
     global _last_kick
     now = time.monotonic()
-    if now - _last_kick < _setting("QUEUE_KICK_INTERVAL", 0.5):
+    if now - _last_kick < settings.QUEUE_KICK_INTERVAL:
         return
     _last_kick = now
     try:

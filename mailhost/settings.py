@@ -156,6 +156,7 @@ QUEUE_DESTINATION_CONCURRENCY = env.int("QUEUE_DESTINATION_CONCURRENCY", default
 QUEUE_BATCHES_PER_TASK = env.int("QUEUE_BATCHES_PER_TASK", default=10)  # claimed batches one deliver task carries
 QUEUE_DISPATCH_TASKS = env.int("QUEUE_DISPATCH_TASKS", default=4)  # deliver tasks a sweep sends at most
 QUEUE_DRAIN_SECONDS = env.float("QUEUE_DRAIN_SECONDS", default=10.0)  # a deliver task then keeps claiming this long
+QUEUE_KICK_INTERVAL = env.float("QUEUE_KICK_INTERVAL", default=0.5)  # a process asks for a sweep at most this often
 SMTP_OUTBOUND_TIMEOUT = env.int("SMTP_OUTBOUND_TIMEOUT", default=60)
 SMTP_CONNECTION_CACHE_TIME = env.float("SMTP_CONNECTION_CACHE_TIME", default=2.0)  # reuse a finished connection
 MTA_STS_CA_FILE = env.str("MTA_STS_CA_FILE", default="")
