@@ -132,6 +132,8 @@ SMTP_AUTH_WINDOW = env.int("SMTP_AUTH_WINDOW", default=600)
 SMTP_COMMAND_TIMEOUT = env.float("SMTP_COMMAND_TIMEOUT", default=300.0)  # RFC 5321 4.5.3.2.7: 5 minutes
 SMTP_DATA_TIMEOUT = env.float("SMTP_DATA_TIMEOUT", default=180.0)  # silence allowed between DATA bytes
 SMTP_WORKER_THREADS = env.int("SMTP_WORKER_THREADS", default=16)
+# Copies of runsmtp sharing the ports (its --processes when not given); 0 = one per core.
+SMTP_PROCESSES = env.int("SMTP_PROCESSES", default=1)
 SMTP_SHUTDOWN_GRACE = env.float("SMTP_SHUTDOWN_GRACE", default=5.0)
 SMTP_DNS_CACHE = env.bool("SMTP_DNS_CACHE", default=True)  # TTL-respecting cache for SPF/DKIM/DMARC lookups
 SMTP_DIRECTORY_CACHE = env.float("SMTP_DIRECTORY_CACHE", default=5.0)  # seconds runsmtp may reuse a RCPT verdict

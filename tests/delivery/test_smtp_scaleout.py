@@ -326,3 +326,21 @@ def test_copies_starting_together_on_a_fresh_checkout_agree_on_one_self_signed_p
         assert failures.empty(), failures.get()
         assert sorted(p.name for p in settings.TLS_DIR.iterdir() if p.suffix == ".pem") == \
             ["smtp-cert.pem", "smtp-key.pem"]
+
+
+def test_smtp_processes_zero_runs_one_copy_per_core_without_the_option(transactional_db):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "manage.py", "runsmtp", "--inbound", f"127.0.0.1:{port}",
+                             "--submission", "off", "--submissions", "off"], cwd=ROOT,
+                            env=subprocess_env(DNS_RESOLVERS="127.0.0.1:9", SMTP_PROCESSES="0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        announced = f"runsmtp: inbound on 127.0.0.1:{port}"
+        assert any(line.decode().strip() == announced for line in iter(proc.stdout.readline, b""))
+        assert len(_children(proc.pid)) == (os.cpu_count() or 1) or os.cpu_count() == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    result = subprocess.run([sys.executable, "manage.py", "runsmtp", "--processes", "-1"], cwd=ROOT,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "--processes must be 0 (one per core) or more" in result.stderr

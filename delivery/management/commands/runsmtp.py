@@ -11,6 +11,7 @@ import signal
 import sys
 import traceback
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
@@ -47,10 +48,10 @@ class Command(BaseCommand):
         for name, default in DEFAULTS.items():
             parser.add_argument(f"--{name}", default=default, metavar="HOST:PORT",
                                 help=f"listen address, or 'off' (default {default})")
-        parser.add_argument("--processes", type=int, default=1, metavar="N",
+        parser.add_argument("--processes", type=int, default=None, metavar="N",
                             help="copies of the service sharing the listening sockets, each new "
-                                 "connection going to the copy with the fewest; one per core uses "
-                                 "every core (default 1)")
+                                 "connection going to the copy with the fewest; 0 = one per core "
+                                 "(default: SMTP_PROCESSES, 1)")
 
     def handle(self, *args, **options):
         listeners = [listener for name in DEFAULTS if (listener := parse_listen(name, options[name]))]
@@ -58,10 +59,12 @@ class Command(BaseCommand):
             raise CommandError("every listener is off; nothing to run")
         # aiosmtpd logs every connection at INFO; our own transaction line says what matters.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
-        if options["processes"] < 1:
-            raise CommandError("--processes must be at least 1")
-        if options["processes"] > 1:
-            return self._prefork(listeners, options["processes"])
+        processes = settings.SMTP_PROCESSES if options["processes"] is None else options["processes"]
+        if processes < 0:
+            raise CommandError("--processes must be 0 (one per core) or more")
+        processes = processes or os.cpu_count() or 1
+        if processes > 1:
+            return self._prefork(listeners, processes)
         try:
             asyncio.run(serve(listeners, ready=lambda: self._announce(listeners)))
         except OSError as exc:
