@@ -215,3 +215,65 @@ class MtaStsPolicy(models.Model):
 
     def __str__(self) -> str:
         return f"{self.domain} {self.mode} (id {self.policy_id})"
+
+
+def new_webhook_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Webhook(models.Model):
+    """An HTTPS endpoint told of a domain's outbound delivery outcomes (as Postal's webhooks).
+
+    Events are rows (WebhookEvent) written in the transaction that records the outcome, then
+    POSTed by the worker and retried until the endpoint takes them: at least once, in the order
+    they happened for each recipient; the event id in every request lets a receiver drop repeats.
+    """
+
+    class Event(models.TextChoices):
+        DELIVERED = "delivered"
+        DEFERRED = "deferred"
+        BOUNCED = "bounced"
+        EXPIRED = "expired"
+
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=500)
+    events = models.JSONField(default=list, help_text="which outcomes are sent: Event values")
+    # Kept readable: each request carries an HMAC-SHA256 made with it, which the receiver checks.
+    secret = models.CharField(max_length=64, default=new_webhook_secret)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_status = models.CharField(max_length=300, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.url} for {self.domain.name}"
+
+
+class WebhookEvent(models.Model):
+    class State(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        FAILED = "failed"     # still refused when WEBHOOK_LIFETIME ran out
+
+    # No database constraint: events are written in the transaction that records a delivery, from
+    # a few seconds' memory of which webhooks exist; a webhook deleted meanwhile must not make
+    # that transaction fail. Such an event is dropped when it comes up (webhooks.send_due).
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="queued_events",
+                                db_constraint=False)
+    payload = models.JSONField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_status = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="webhook_due_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.payload.get('event')} for {self.webhook_id} ({self.state})"

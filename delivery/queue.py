@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from mailhost.addresses import parse_address
 
+from . import webhooks
 from .models import QueuedMessage, QueuedRecipient, Suppression
 
 log = logging.getLogger(__name__)
@@ -429,6 +430,8 @@ def record(run: str, rcpt: QueuedRecipient, outcome: Outcome) -> None:
             next_attempt_at=rcpt.next_attempt_at, delay_warned=rcpt.delay_warned,
         )
         _log(rcpt, outcome)
+        if updated:
+            webhooks.emit([rcpt], str(rcpt.state), rcpt.last_reply, outcome.tls_version)
     if updated and notify:
         try:
             if dsn.send(rcpt, notify):
@@ -471,11 +474,12 @@ def record_delivered(run: str, rcpts: list[QueuedRecipient], outcome: Outcome) -
         db_writes.execute(sql, [*params, run, *ids])
         if log_values:
             db_writes.insert_values(MessageLog, log_values)
-    for r in rcpts:
-        r.state, r.delivered_at, r.last_reply = State.DELIVERED, now, reply
-        r.attempts += 1
-        r.lease_owner, r.lease_until = "", None
-        r.tls_version = outcome.tls_version or r.tls_version
+        for r in rcpts:
+            r.state, r.delivered_at, r.last_reply = State.DELIVERED, now, reply
+            r.attempts += 1
+            r.lease_owner, r.lease_until = "", None
+            r.tls_version = outcome.tls_version or r.tls_version
+        webhooks.emit(rcpts, "delivered", reply, outcome.tls_version)
 
 
 def release(run: str, ids: list[int]) -> None:

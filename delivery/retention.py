@@ -23,7 +23,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from .models import MessageLog, QueuedMessage, QueuedRecipient, Suppression
+from .models import MessageLog, QueuedMessage, QueuedRecipient, Suppression, WebhookEvent
 
 CHUNK = 500
 
@@ -35,6 +35,7 @@ def purge(now: dt.datetime | None = None) -> dict[str, int]:
         "messages": purge_finished_messages(now),
         "log_rows": purge_message_log(now),
         "suppressions": purge_lapsed_suppressions(now),
+        "webhook_events": purge_finished_webhook_events(now),
     }
 
 
@@ -82,3 +83,10 @@ def _delete_in_chunks(model, candidates) -> int:
 def purge_lapsed_suppressions(now: dt.datetime) -> int:
     """Suppressions past their expiry no longer hold anything back (delivery skips them)."""
     return Suppression.objects.filter(expires_at__lte=now).delete()[0]
+
+
+def purge_finished_webhook_events(now: dt.datetime) -> int:
+    """Webhook events sent or given up on stay QUEUE_KEEP_FINISHED, like finished mail."""
+    cutoff = now - dt.timedelta(seconds=settings.QUEUE_KEEP_FINISHED)
+    return _delete_in_chunks(WebhookEvent, WebhookEvent.objects.filter(
+        state__in=[WebhookEvent.State.SENT, WebhookEvent.State.FAILED], created_at__lt=cutoff))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from . import outbound, queue, retention
+from . import outbound, queue, retention, webhooks
 
 
 def _batches_per_task() -> int:
@@ -38,6 +38,12 @@ def deliver(tokens: str | list[str]) -> None:
     run, rows = queue.take_over(tokens)
     outbound.deliver_batch(run, rows)
     outbound.deliver_due(getattr(settings, "QUEUE_DRAIN_SECONDS", 10.0), _batches_per_task())
+
+
+@shared_task(name="delivery.send_webhooks", ignore_result=True)
+def send_webhooks() -> int:
+    """POST the delivery events that are due to their domains' webhooks (delivery/webhooks.py)."""
+    return webhooks.send_due()
 
 
 @shared_task(name="delivery.purge", ignore_result=True)

@@ -159,6 +159,12 @@ QUEUE_BATCHES_PER_TASK = env.int("QUEUE_BATCHES_PER_TASK", default=10)  # claime
 QUEUE_DISPATCH_TASKS = env.int("QUEUE_DISPATCH_TASKS", default=4)  # deliver tasks a sweep sends at most
 QUEUE_DRAIN_SECONDS = env.float("QUEUE_DRAIN_SECONDS", default=10.0)  # a deliver task then keeps claiming this long
 QUEUE_KICK_INTERVAL = env.float("QUEUE_KICK_INTERVAL", default=0.5)  # a process asks for a sweep at most this often
+# Delivery webhooks (delivery/webhooks.py): how long an event is retried, the request timeout, a CA
+# bundle for endpoints with a private CA, and whether endpoints may be on private addresses.
+WEBHOOK_LIFETIME = env.int("WEBHOOK_LIFETIME", default=24 * 3600)
+WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=10.0)
+WEBHOOK_CA_FILE = env.str("WEBHOOK_CA_FILE", default="")
+WEBHOOK_PRIVATE_ADDRESSES = env.bool("WEBHOOK_PRIVATE_ADDRESSES", default=False)
 SMTP_OUTBOUND_TIMEOUT = env.int("SMTP_OUTBOUND_TIMEOUT", default=60)
 SMTP_CONNECTION_CACHE_TIME = env.float("SMTP_CONNECTION_CACHE_TIME", default=2.0)  # reuse a finished connection
 MTA_STS_CA_FILE = env.str("MTA_STS_CA_FILE", default="")
@@ -208,6 +214,8 @@ CELERY_BEAT_SCHEDULE["recount-mailbox-usage"] = {"task": "webmail.tasks.recount_
 # one does the same work, and busy workers are draining the queue anyway (delivery/tasks.py).
 CELERY_BEAT_SCHEDULE["delivery-dispatch-due"] = {"task": "delivery.dispatch_due", "schedule": QUEUE_SWEEP_INTERVAL,
                                                  "options": {"expires": QUEUE_SWEEP_INTERVAL}}
+CELERY_BEAT_SCHEDULE["delivery-webhooks"] = {"task": "delivery.send_webhooks", "schedule": QUEUE_SWEEP_INTERVAL,
+                                              "options": {"expires": QUEUE_SWEEP_INTERVAL}}
 CELERY_BEAT_SCHEDULE["delivery-purge"] = {"task": "delivery.purge", "schedule": 3600, "options": {"expires": 3600}}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
 

@@ -29,11 +29,12 @@ def mail_root(settings, tmp_path):
 def forget_remembered_domains():
     """Domains and DKIM keys are remembered per process for a few seconds and forgotten when a
     row is saved; a test's rolled-back rows send no signal, so start every test afresh."""
-    from delivery import signing
+    from delivery import signing, webhooks
     from mailboxes import directory
 
     signing.forget_hosted_domains()
     directory.forget_hosted_domains()
+    webhooks.forget()
 
 
 @pytest.fixture

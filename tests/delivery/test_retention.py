@@ -129,10 +129,21 @@ def test_lapsed_suppressions_go_and_current_ones_stay(bob):
     assert not Suppression.objects.filter(pk=lapsed.pk).exists()
 
 
+def test_finished_webhook_events_go_after_the_keep_time_and_pending_ones_stay(bob):
+    from delivery.models import Webhook, WebhookEvent
+
+    hook = Webhook.objects.create(domain=bob.domain, url="https://hooks.example.net/x", events=["delivered"])
+    old = {state: WebhookEvent.objects.create(webhook=hook, payload={}, state=state, created_at=ago(days=2))
+           for state in ("sent", "failed", "pending")}
+    recent = WebhookEvent.objects.create(webhook=hook, payload={}, state="sent")
+    assert retention.purge()["webhook_events"] == 2
+    assert set(WebhookEvent.objects.values_list("pk", flat=True)) == {old["pending"].pk, recent.pk}
+
+
 def test_beat_runs_the_purge_every_hour_through_the_worker(bob):
     entry = settings.CELERY_BEAT_SCHEDULE["delivery-purge"]
     assert entry["task"] == tasks.purge.name == "delivery.purge" and entry["schedule"] == 3600
     message = queued("x@remote.test", created=ago(days=2))
     finish(message, "x@remote.test", State.DELIVERED, ago(days=2))
-    assert tasks.purge.apply().get() == {"messages": 1, "log_rows": 0, "suppressions": 0}
+    assert tasks.purge.apply().get() == {"messages": 1, "log_rows": 0, "suppressions": 0, "webhook_events": 0}
     assert not QueuedMessage.objects.exists()
