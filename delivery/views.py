@@ -17,7 +17,8 @@ from portal.forms import SearchForm
 from portal.roles import domain_view, not_post, superadmin_required
 
 from . import queue
-from .models import MessageLog, QueuedMessage, QueuedRecipient, Suppression
+from .forms import WebhookForm
+from .models import MessageLog, QueuedMessage, QueuedRecipient, Suppression, Webhook
 
 
 def _q(request) -> str:
@@ -115,6 +116,31 @@ def suppression_remove(request, domain, suppression_pk):
     record(request, "suppression.remove", suppression, domain=domain)
     messages.success(request, f"{suppression.address} is no longer suppressed: new mail to it goes out again.")
     return redirect("delivery:domain_suppressions", pk=domain.pk)
+
+
+@domain_view()
+def domain_webhooks(request, domain):
+    """The domain's webhook endpoints, their signing secrets and last results, and a form to add one."""
+    form = WebhookForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        webhook = Webhook.objects.create(domain=domain, url=form.cleaned_data["url"],
+                                         events=form.cleaned_data["events"])
+        record(request, "webhook.create", webhook, domain=domain, detail=", ".join(webhook.events))
+        messages.success(request, f"Events now go to {webhook.url} within a few seconds.")
+        return redirect("delivery:domain_webhooks", pk=domain.pk)
+    return render(request, "delivery/webhooks.html",
+                  {"domain": domain, "form": form, "webhooks": domain.webhooks.order_by("created_at", "id")})
+
+
+@domain_view()
+def webhook_delete(request, domain, webhook_pk):
+    webhook = get_object_or_404(Webhook.objects.filter(domain=domain), pk=webhook_pk)
+    if refused := not_post(request):
+        return refused
+    webhook.delete()
+    record(request, "webhook.delete", webhook, domain=domain)
+    messages.success(request, f"{webhook.url} gets no more events; those not yet sent are dropped.")
+    return redirect("delivery:domain_webhooks", pk=domain.pk)
 
 
 @superadmin_required

@@ -22,7 +22,7 @@ def _world(domain, local: str):
 
     from django.utils import timezone
 
-    from delivery.models import QueuedMessage, QueuedRecipient, Suppression
+    from delivery.models import QueuedMessage, QueuedRecipient, Suppression, Webhook
     from domains.dkim import create_key
     from domains.models import DomainAlias
     from mailboxes.models import RelayCredential
@@ -47,6 +47,8 @@ def _world(domain, local: str):
         "app_password": app_password,
         "suppression": suppression,
         "queued": queued,
+        "webhook": Webhook.objects.create(domain=domain, url=f"https://hooks.{domain.name}/events",
+                                          events=["delivered"]),
         "admin": domain.admins.first(),
     }
 

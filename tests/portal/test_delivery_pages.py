@@ -182,3 +182,26 @@ def test_the_superadmin_retries_and_deletes_mail_no_domain_admin_can_reach_from_
     assert {a.action for a in AuditLog.objects.filter(object_id__in=[str(dsn.pk), str(forward.pk)])} == {
         "queue.retry", "queue.delete"}
     assert client.post(reverse("delivery:global_queue_delete", kwargs={"message_pk": 999999})).status_code == 404
+
+
+def test_a_domain_admin_adds_a_webhook_sees_its_secret_and_removes_it(client, alice, example_org, other_test):
+    from delivery.models import Webhook
+    from portal.models import AuditLog
+
+    theirs = Webhook.objects.create(domain=other_test, url="https://hooks.other.test/x", events=["bounced"])
+    client.force_login(alice)
+    page_url = reverse("delivery:domain_webhooks", kwargs={"pk": example_org.pk})
+    refused = client.post(page_url, {"url": "http://hooks.example.net/mail", "events": ["delivered"]})
+    assert "Use an https:// URL" in refused.content.decode() and not Webhook.objects.filter(domain=example_org)
+    nothing = client.post(page_url, {"url": "https://hooks.example.net/mail"})
+    assert "This field is required" in nothing.content.decode()
+    client.post(page_url, {"url": "https://hooks.example.net/mail", "events": ["delivered", "bounced"]})
+    webhook = Webhook.objects.get(domain=example_org)
+    assert webhook.events == ["delivered", "bounced"] and len(webhook.secret) >= 40
+    page = client.get(page_url).content.decode()
+    assert "https://hooks.example.net/mail" in page and webhook.secret in page
+    assert theirs.url not in page and theirs.secret not in page
+    delete = reverse("delivery:webhook_delete", kwargs={"pk": example_org.pk, "webhook_pk": webhook.pk})
+    assert "gets no more events" in client.post(delete, follow=True).content.decode()
+    assert not Webhook.objects.filter(pk=webhook.pk).exists()
+    assert {a.action for a in AuditLog.objects.filter(domain=example_org)} == {"webhook.create", "webhook.delete"}
