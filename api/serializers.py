@@ -9,7 +9,8 @@ from django.db import transaction
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from delivery.models import MessageLog, QueuedRecipient, Suppression
+from delivery import webhooks
+from delivery.models import MessageLog, QueuedRecipient, Suppression, Webhook
 from domains.dkim import create_key
 from domains.models import DkimKey, Domain
 from domains.provisioning import create_domain
@@ -277,3 +278,27 @@ class SuppressionSerializer(serializers.ModelSerializer):
         model = Suppression
         fields = ["id", "domain", "address", "reason", "created_at", "expires_at"]
         read_only_fields = fields
+
+
+class WebhookSerializer(serializers.ModelSerializer):
+    domain = TenantDomainField()
+    events = serializers.MultipleChoiceField(choices=Webhook.Event.choices, allow_empty=False,
+                                             help_text="outcomes sent: delivered, deferred, bounced, expired")
+
+    class Meta:
+        model = Webhook
+        fields = ["id", "domain", "url", "events", "active", "secret", "created_at", "last_status", "last_attempt_at"]
+        read_only_fields = ["id", "secret", "created_at", "last_status", "last_attempt_at"]
+        extra_kwargs = {"secret": {"help_text": "the key of the HMAC-SHA256 in each request's Mailhost-Signature"}}
+
+    def validate_url(self, value: str) -> str:
+        if problem := webhooks.url_problem(value):
+            raise serializers.ValidationError(problem)
+        return value
+
+    def validate_events(self, value) -> list[str]:
+        return sorted(value)
+
+    def update(self, instance, validated_data):
+        validated_data.pop("domain", None)     # a webhook stays with its domain
+        return super().update(instance, validated_data)

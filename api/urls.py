@@ -21,6 +21,7 @@ router.register("dkim-keys", views.DkimKeyViewSet, basename="dkimkey")
 router.register("message-log", views.MessageLogViewSet, basename="messagelog")
 router.register("queue", views.QueueViewSet, basename="queue")
 router.register("suppressions", views.SuppressionViewSet, basename="suppression")
+router.register("webhooks", views.WebhookViewSet, basename="webhook")
 
 app_name = "api"
 urlpatterns = [

@@ -11,7 +11,7 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from delivery.models import MessageLog, QueuedRecipient, Suppression
+from delivery.models import MessageLog, QueuedRecipient, Suppression, Webhook
 from domains.models import DkimKey, Domain
 from domains.records import expected_records
 from mailboxes.models import Alias, Mailbox, RelayCredential
@@ -248,3 +248,20 @@ class SuppressionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixin
         if self.action == "list":
             qs = domain_filter(self.request, qs)
         return qs.select_related("domain").order_by("-created_at", "-id")
+
+
+@extend_schema_view(list=extend_schema(parameters=[
+    OpenApiParameter("domain", int, description="only this domain's webhooks"),
+]))
+class WebhookViewSet(CreateMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, PatchMixin,
+                     mixins.DestroyModelMixin, TenantViewSet):
+    """A domain's delivery-event endpoints (docs/outbound.md, "Webhooks"); deleting one drops its
+    events not yet sent."""
+
+    serializer_class = s.WebhookSerializer
+
+    def get_queryset(self):
+        qs = Webhook.objects.filter(domain__in=visible_domains(self.request))
+        if self.action == "list":
+            qs = domain_filter(self.request, qs)
+        return qs.select_related("domain").order_by("created_at", "id")

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from api.urls import router
-from delivery.models import MessageLog, QueuedMessage, QueuedRecipient, Suppression
+from delivery.models import MessageLog, QueuedMessage, QueuedRecipient, Suppression, Webhook
 from domains.models import DkimKey, Domain
 from mailboxes.models import Alias, Mailbox, RelayCredential, User
 
@@ -53,6 +53,9 @@ def add_rows(basename: str, domain: Domain, admin, n: int, start: int) -> None:
         until = timezone.now() + dt.timedelta(days=30)
         Suppression.objects.bulk_create(Suppression(domain=domain, address=f"{name}@remote.test", expires_at=until)
                                         for name in names)
+    elif basename == "webhook":
+        Webhook.objects.bulk_create(Webhook(domain=domain, url=f"https://{name}.example.net/", events=["bounced"])
+                                    for name in names)
     else:
         raise AssertionError(f"no bulk rows for the API endpoint {basename!r}: add them here")
 

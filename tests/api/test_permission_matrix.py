@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from api.urls import router
-from delivery.models import MessageLog, QueuedMessage, QueuedRecipient, Suppression
+from delivery.models import MessageLog, QueuedMessage, QueuedRecipient, Suppression, Webhook
 from mailboxes.models import RelayCredential
 from mailboxes.provisioning import create_alias, create_mailbox
 from tests.support import PASSWORD
@@ -50,6 +50,8 @@ def make_object(basename: str, domain):
     if basename == "suppression":
         return Suppression.objects.create(domain=domain, address="gone@remote.test", reason="550 5.1.1 no such user",
                                           expires_at=timezone.now() + dt.timedelta(days=30))
+    if basename == "webhook":
+        return Webhook.objects.create(domain=domain, url=f"https://hooks.{domain.name}/events", events=["delivered"])
     raise AssertionError(f"no object factory for the API endpoint {basename!r}: add one to the matrix")
 
 

@@ -269,3 +269,28 @@ def test_a_deferred_message_is_retried_now_through_the_api(api, alice, charlie, 
     assert response.status_code == 200 and response.json()["state"] == "queued"
     row.refresh_from_db()
     assert row.next_attempt_at <= timezone.now()
+
+
+def test_a_domain_admin_manages_webhooks_and_a_bad_url_is_a_json_400(api, alice, charlie, example_org):
+    from delivery.models import Webhook
+
+    client = api(alice)
+    bad = client.post("/api/webhooks/", {"domain": example_org.pk, "url": "http://hooks.example.net/x",
+                                         "events": ["delivered"]}, format="json")
+    assert bad.status_code == 400 and "https://" in str(bad.json()["url"])
+    none = client.post("/api/webhooks/", {"domain": example_org.pk, "url": "https://hooks.example.net/x",
+                                          "events": []}, format="json")
+    assert none.status_code == 400 and "events" in none.json()
+    created = client.post("/api/webhooks/", {"domain": example_org.pk, "url": "https://hooks.example.net/x",
+                                             "events": ["bounced", "delivered"]}, format="json")
+    assert created.status_code == 201
+    body = created.json()
+    assert body["events"] == ["bounced", "delivered"] and body["secret"] == Webhook.objects.get().secret
+    assert api(charlie).get(f"/api/webhooks/{body['id']}/").status_code == 404
+    assert api(charlie).post("/api/webhooks/", {"domain": example_org.pk, "url": "https://evil.example/x",
+                                                "events": ["delivered"]}, format="json").status_code == 400
+    changed = client.patch(f"/api/webhooks/{body['id']}/", {"events": ["expired"], "active": False}, format="json")
+    assert (changed.json()["events"], changed.json()["active"]) == (["expired"], False)
+    assert client.get("/api/webhooks/", {"domain": example_org.pk}).json()["count"] == 1
+    assert client.delete(f"/api/webhooks/{body['id']}/").status_code == 204
+    assert not Webhook.objects.exists()
