@@ -423,6 +423,7 @@ def record(run: str, rcpt: QueuedRecipient, outcome: Outcome) -> None:
                 rcpt.delay_warned, notify = True, "delayed"
     # The outcome and its portal log row commit together: one commit (one fsync on PostgreSQL)
     # per recipient instead of two. A DSN comes after, as its own queued message.
+    events = webhooks.events_for([rcpt], str(rcpt.state), rcpt.last_reply, outcome.tls_version)
     with transaction.atomic():
         updated = QueuedRecipient.objects.filter(pk=rcpt.pk, lease_owner=run).update(
             state=rcpt.state, attempts=rcpt.attempts, last_reply=rcpt.last_reply, lease_owner="",
@@ -431,7 +432,7 @@ def record(run: str, rcpt: QueuedRecipient, outcome: Outcome) -> None:
         )
         _log(rcpt, outcome)
         if updated:
-            webhooks.emit([rcpt], str(rcpt.state), rcpt.last_reply, outcome.tls_version)
+            webhooks.save(events)
     if updated and notify:
         try:
             if dsn.send(rcpt, notify):
@@ -468,18 +469,19 @@ def record_delivered(run: str, rcpts: list[QueuedRecipient], outcome: Outcome) -
     params += [outcome.tls_version] if outcome.tls_version else []
     sql = (f"UPDATE {quote(QueuedRecipient._meta.db_table)} SET {sets} "
            f"WHERE lease_owner = %s AND id IN ({', '.join(['%s'] * len(ids))})")
+    events = webhooks.events_for(rcpts, "delivered", reply, outcome.tls_version, attempts_added=1)
     # Committed without waiting for the disk (see atomic_unflushed): a power cut may repeat a
     # delivery, a worker killed at any point may not.
     with db_writes.atomic_unflushed():
         db_writes.execute(sql, [*params, run, *ids])
         if log_values:
             db_writes.insert_values(MessageLog, log_values)
-        for r in rcpts:
-            r.state, r.delivered_at, r.last_reply = State.DELIVERED, now, reply
-            r.attempts += 1
-            r.lease_owner, r.lease_until = "", None
-            r.tls_version = outcome.tls_version or r.tls_version
-        webhooks.emit(rcpts, "delivered", reply, outcome.tls_version)
+        webhooks.save(events)
+    for r in rcpts:
+        r.state, r.delivered_at, r.last_reply = State.DELIVERED, now, reply
+        r.attempts += 1
+        r.lease_owner, r.lease_until = "", None
+        r.tls_version = outcome.tls_version or r.tls_version
 
 
 def release(run: str, ids: list[int]) -> None:

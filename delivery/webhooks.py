@@ -1,6 +1,6 @@
 """Webhooks: a domain's outbound delivery outcomes POSTed to its HTTPS endpoints (as Postal's).
 
-`emit` writes one WebhookEvent row per endpoint in the transaction that records the outcome
+`events_for` and `save` write one WebhookEvent row per endpoint in the transaction that records the outcome
 (`queue.record`, `queue.record_delivered`), so an outcome and its events commit together or not
 at all; `send_due` (beat, every QUEUE_SWEEP_INTERVAL) POSTs them and retries until the endpoint
 answers 2xx or WEBHOOK_LIFETIME runs out: at least once, so every request names its event
@@ -70,8 +70,9 @@ def _hooks_for(domain_id: int | None) -> list[tuple[int, frozenset[str]]]:
     return _hooks.get(domain_id, [])
 
 
-def emit(rcpts, kind: str, reply: str, tls: str = "") -> None:
-    """Queue the events of recipients that just got an outcome; call inside its transaction."""
+def events_for(rcpts, kind: str, reply: str, tls: str = "", attempts_added: int = 0) -> list[WebhookEvent]:
+    """The events of recipients about to get an outcome, made before its transaction (which
+    must not wait on a query while it holds SQLite's writer lock) and saved inside it (`save`)."""
     rows = []
     now = timezone.now()
     for rcpt in rcpts:
@@ -80,10 +81,15 @@ def emit(rcpts, kind: str, reply: str, tls: str = "") -> None:
             if kind in events:
                 rows.append(WebhookEvent(webhook_id=webhook_id, created_at=now, next_attempt_at=now, payload={
                     "event": kind, "at": now.isoformat(), "queue_id": message.queue_id,
-                    "sender": message.sender, "recipient": rcpt.address, "attempts": rcpt.attempts,
+                    "sender": message.sender, "recipient": rcpt.address, "attempts": rcpt.attempts + attempts_added,
                     "reply": reply, "tls": tls or rcpt.tls_version}))
-    if rows:
-        WebhookEvent.objects.bulk_create(rows)
+    return rows
+
+
+def save(events: list[WebhookEvent]) -> None:
+    """Inside the outcome's transaction: the outcome and its events commit together."""
+    if events:
+        WebhookEvent.objects.bulk_create(events)
 
 
 def retry_delay(attempts: int) -> int:

@@ -192,3 +192,26 @@ def test_a_public_https_url_may_be_used(settings):
     settings.WEBHOOK_PRIVATE_ADDRESSES = False
     assert webhooks.url_problem("https://hooks.example.net/mail-events") is None
     assert webhooks.url_problem("https://192.0.2.10/x") is not None, "documentation addresses are not public"
+
+
+def test_which_domains_have_webhooks_is_read_before_the_outcome_transaction_not_inside_it(
+        transactional_db, bob, endpoint):
+    """On SQLite the outcome's transaction holds the one writer lock every process waits for."""
+    from django.db import connection
+
+    hook(bob.domain, endpoint)
+    enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+    [token] = queue.claim_due()
+    run, rows = queue.take_over(token)
+    in_transaction = []
+
+    def spy(execute, sql, params, many, context):
+        if sql.startswith("SELECT") and "delivery_webhook" in sql:
+            in_transaction.append(connection.in_atomic_block)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        queue.record_delivered(run, rows, queue.Outcome("delivered", "250 2.0.0 ok", "TLSv1.3"))
+    assert in_transaction == [False]
+    event = WebhookEvent.objects.get()
+    assert event.payload["attempts"] == 1 and event.payload["tls"] == "TLSv1.3"

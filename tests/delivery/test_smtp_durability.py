@@ -382,13 +382,14 @@ def test_on_sqlites_plain_path_the_outcome_commit_runs_unsynced_between_its_own_
     """What SQLite itself ran (its trace, not Django's query log, which the shortcut skips)."""
     from django.db import connection
 
-    from delivery import queue
+    from delivery import queue, webhooks
 
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's own statement trace")
     queue.enqueue("bob@example.org", ["friend@remote.test"], b"From: bob@example.org\r\n\r\nhi\r\n")
     [run] = queue.claim_due(run="run-1")
     rows = queue.rows_of(run)
+    webhooks._hooks_for(bob.domain_id)     # read every few seconds, before the transaction, not here
     ran = []
     connection.ensure_connection()
     connection.connection.set_trace_callback(ran.append)

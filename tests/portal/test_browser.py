@@ -139,3 +139,29 @@ def test_a_domain_admin_lifts_a_suppression_from_the_suppressions_tab(page, live
     assert "No suppressed recipients" in page.inner_text("table")
     page.screenshot(path=SCREENSHOTS / "5-suppressions.png", full_page=True)
     assert not Suppression.objects.filter(domain=example_org).exists()
+
+
+def test_a_domain_admin_adds_a_webhook_and_removes_it_in_the_browser(page, live_server, alice, example_org):
+    from delivery.models import Webhook
+
+    base = live_server.url
+    _login(page, base, "alice", PASSWORD)
+    page.wait_for_url(f"{base}/")
+    page.goto(f"{base}/domains/{example_org.pk}/")
+    page.click("a:has-text('Webhooks')")
+    page.fill("input[name=url]", "http://hooks.example.net/mail")
+    page.click("button:has-text('Add webhook')")
+    page.wait_for_selector("text=Use an https:// URL")
+    page.fill("input[name=url]", "https://hooks.example.net/mail")
+    page.check("input[name=events][value=expired]")
+    page.click("button:has-text('Add webhook')")
+    page.wait_for_selector("text=Events now go to https://hooks.example.net/mail")
+    webhook = Webhook.objects.get(domain=example_org)
+    assert sorted(webhook.events) == ["bounced", "delivered", "expired"]
+    assert webhook.secret in page.inner_text("table")
+    page.screenshot(path=SCREENSHOTS / "6-webhooks.png", full_page=True)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Remove')")
+    page.wait_for_selector("text=gets no more events")
+    assert "No webhooks yet" in page.inner_text("table")
+    assert not Webhook.objects.exists()
