@@ -41,7 +41,7 @@ from .models import Webhook, WebhookEvent
 
 log = logging.getLogger(__name__)
 RETRY_SCHEDULE = [60, 300, 900, 3600, 4 * 3600]     # then every 4 hours until WEBHOOK_LIFETIME
-LEASE_SECONDS = 120
+EVENTS_PER_RUN = 50
 
 # Which domains have webhooks, per process: the delivery path asks for every outcome and must not
 # pay a query each time. Remembered SMTP_DIRECTORY_CACHE seconds, like the other directory
@@ -96,17 +96,20 @@ def retry_delay(attempts: int) -> int:
     return RETRY_SCHEDULE[min(attempts, len(RETRY_SCHEDULE)) - 1]
 
 
-def send_due(now: dt.datetime | None = None, most: int = 200) -> int:
+def send_due(now: dt.datetime | None = None, most: int = EVENTS_PER_RUN) -> int:
     """POST the events that are due; returns how many were taken. An endpoint that fails is
     not asked again in the same run: its other events wait as long as the failed one, without
     an attempt counted, so an endpoint that is down is backed off as a whole."""
     now = now or timezone.now()
+    # Long enough for every endpoint of the run to time out, so that no other worker takes the
+    # same events meanwhile; a worker that dies leaves them this long.
+    lease = dt.timedelta(seconds=most * settings.WEBHOOK_TIMEOUT + 60)
     with transaction.atomic():
         ids = list(WebhookEvent.objects.select_for_update(skip_locked=True)
                    .filter(state=WebhookEvent.State.PENDING, next_attempt_at__lte=now)
                    .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
                    .order_by("id").values_list("pk", flat=True)[:most])
-        WebhookEvent.objects.filter(pk__in=ids).update(lease_until=now + dt.timedelta(seconds=LEASE_SECONDS))
+        WebhookEvent.objects.filter(pk__in=ids).update(lease_until=now + lease)
     failing: dict[int, tuple[str, dt.datetime]] = {}
     events = list(WebhookEvent.objects.filter(pk__in=ids).select_related("webhook").order_by("id"))
     orphans = set(ids) - {event.pk for event in events}     # their webhook was deleted

@@ -215,3 +215,13 @@ def test_which_domains_have_webhooks_is_read_before_the_outcome_transaction_not_
     assert in_transaction == [False]
     event = WebhookEvent.objects.get()
     assert event.payload["attempts"] == 1 and event.payload["tls"] == "TLSv1.3"
+
+
+def test_events_another_worker_holds_are_left_to_it_until_its_lease_runs_out(bob, endpoint):
+    webhook = hook(bob.domain, endpoint)
+    held = WebhookEvent.objects.create(webhook=webhook, payload={"event": "delivered"},
+                                       lease_until=timezone.now() + dt.timedelta(minutes=10))
+    assert webhooks.send_due() == 0 and endpoint.requests == []
+    assert webhooks.send_due(timezone.now() + dt.timedelta(minutes=11)) == 1
+    held.refresh_from_db()
+    assert held.state == "sent" and len(endpoint.requests) == 1
