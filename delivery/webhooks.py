@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import http.client
 import ipaddress
 import json
 import logging
@@ -42,6 +41,9 @@ from .models import Webhook, WebhookEvent
 log = logging.getLogger(__name__)
 RETRY_SCHEDULE = [60, 300, 900, 3600, 4 * 3600]     # then every 4 hours until WEBHOOK_LIFETIME
 EVENTS_PER_RUN = 50
+# A run stops starting requests after this long and leaves the rest to the next: webhooks share
+# the worker processes that deliver mail, which one tenant's slow endpoints must not hold up.
+RUN_SECONDS = 30
 
 # Which domains have webhooks, per process: the delivery path asks for every outcome and must not
 # pay a query each time. Remembered SMTP_DIRECTORY_CACHE seconds, like the other directory
@@ -111,11 +113,15 @@ def send_due(now: dt.datetime | None = None, most: int = EVENTS_PER_RUN) -> int:
                    .order_by("id").values_list("pk", flat=True)[:most])
         WebhookEvent.objects.filter(pk__in=ids).update(lease_until=now + lease)
     failing: dict[int, tuple[str, dt.datetime]] = {}
+    stop_at = time.monotonic() + RUN_SECONDS
     events = list(WebhookEvent.objects.filter(pk__in=ids).select_related("webhook").order_by("id"))
     orphans = set(ids) - {event.pk for event in events}     # their webhook was deleted
     if orphans:
         WebhookEvent.objects.filter(pk__in=orphans).delete()
-    for event in events:
+    for n, event in enumerate(events):
+        if time.monotonic() > stop_at:
+            WebhookEvent.objects.filter(pk__in=[e.pk for e in events[n:]]).update(lease_until=None)
+            break
         hook = event.webhook
         if not hook.active:
             _finish(event, WebhookEvent.State.FAILED, "the webhook is turned off")
@@ -199,16 +205,35 @@ def post(url: str, secret: str, body: bytes, event_id: int) -> str | None:
                f"Mailhost-Event-Id: {event_id}\r\nMailhost-Signature: t={stamp},v1={signature}\r\n"
                f"Connection: close\r\n\r\n").encode() + body
     context = ssl.create_default_context(cafile=settings.WEBHOOK_CA_FILE or None)
+    deadline = time.monotonic() + settings.WEBHOOK_TIMEOUT
     try:
         with socket.create_connection((addresses[0], port), timeout=settings.WEBHOOK_TIMEOUT) as raw:
             with context.wrap_socket(raw, server_hostname=host) as tls:
                 tls.sendall(request)
-                response = http.client.HTTPResponse(tls)
-                response.begin()
-                status = response.status
-    except (OSError, http.client.HTTPException) as exc:
+                status_line = _status_line(tls, deadline)
+    except OSError as exc:
         return f"{type(exc).__name__}: {exc}"[:300]
-    return None if 200 <= status < 300 else f"HTTP {status}"
+    version, _, rest = status_line.partition(b" ")
+    code = rest[:3]
+    if not version.startswith(b"HTTP/") or not code.isdigit():
+        return "the endpoint's answer is not HTTP"
+    return None if code.startswith(b"2") else f"HTTP {int(code)}"
+
+
+def _status_line(tls: ssl.SSLSocket, deadline: float) -> bytes:
+    """The answer's first line, by `deadline` whatever the endpoint does: one that trickles a
+    byte at a time must not hold a worker (which also delivers mail) past WEBHOOK_TIMEOUT."""
+    answer = b""
+    while b"\r\n" not in answer and len(answer) < 8192:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer within {settings.WEBHOOK_TIMEOUT:g} s")
+        tls.settimeout(left)
+        chunk = tls.recv(8192 - len(answer))
+        if not chunk:
+            break
+        answer += chunk
+    return answer.split(b"\r\n", 1)[0]
 
 
 def _is_ip(host: str) -> bool:

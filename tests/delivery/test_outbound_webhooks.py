@@ -225,3 +225,53 @@ def test_events_another_worker_holds_are_left_to_it_until_its_lease_runs_out(bob
     assert webhooks.send_due(timezone.now() + dt.timedelta(minutes=11)) == 1
     held.refresh_from_db()
     assert held.state == "sent" and len(endpoint.requests) == 1
+
+
+class Trickler:
+    """A TLS endpoint that reads the request, then answers one byte every `pause` seconds."""
+
+    def __init__(self, ctx, pause: float):
+        import socket
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.ctx, self.pause = ctx, pause
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        try:
+            with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\n\r\n":
+                    tls.sendall(bytes([byte]))
+                    time.sleep(self.pause)
+        except OSError:
+            pass
+
+
+def test_an_endpoint_that_trickles_its_answer_is_given_up_at_the_timeout(bob, endpoint, settings, tmp_path):
+    (tmp_path / "trickle").mkdir()
+    ca = CertificateAuthority(tmp_path / "trickle")
+    settings.WEBHOOK_CA_FILE = str(ca.bundle)
+    settings.WEBHOOK_TIMEOUT = 1
+    slow = Trickler(ca.server_context("hooks.example.net"), pause=0.3)
+    Webhook.objects.create(domain=bob.domain, url=f"https://hooks.example.net:{slow.port}/", events=["delivered"])
+    enqueue("bob@example.org", ["someone@remote.test"], MESSAGE)
+    run_queue()
+    started = time.monotonic()
+    webhooks.send_due()
+    assert time.monotonic() - started < 3
+    event = WebhookEvent.objects.get()
+    assert event.state == "pending" and event.last_status.startswith("TimeoutError")
+
+
+def test_a_run_stops_starting_requests_after_its_time_and_leaves_the_rest(bob, endpoint, monkeypatch):
+    hook(bob.domain, endpoint)
+    enqueue("bob@example.org", ["a@remote.test", "b@remote.test"], MESSAGE)
+    run_queue()
+    monkeypatch.setattr(webhooks, "RUN_SECONDS", -1)
+    assert webhooks.send_due() == 2 and endpoint.requests == []
+    assert list(WebhookEvent.objects.values_list("state", "attempts", "lease_until")) == [("pending", 0, None)] * 2
+    monkeypatch.setattr(webhooks, "RUN_SECONDS", 30)
+    assert webhooks.send_due() == 2 and len(endpoint.requests) == 2
