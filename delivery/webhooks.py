@@ -48,7 +48,7 @@ RUN_SECONDS = 30
 # Which domains have webhooks, per process: the delivery path asks for every outcome and must not
 # pay a query each time. Remembered SMTP_DIRECTORY_CACHE seconds, like the other directory
 # answers: a new webhook gets events within that time.
-_hooks: dict[int, list[tuple[int, frozenset[str]]]] = {}
+_hooks: dict[int, list[tuple[int, frozenset[str], str]]] = {}
 _hooks_read_at = -1e9
 _hooks_lock = threading.Lock()
 
@@ -59,14 +59,16 @@ def forget() -> None:
         _hooks_read_at = -1e9
 
 
-def _hooks_for(domain_id: int | None) -> list[tuple[int, frozenset[str]]]:
+def _hooks_for(domain_id: int | None) -> list[tuple[int, frozenset[str], str]]:
+    """(webhook id, its events, its domain's name) of the domain's active webhooks."""
     global _hooks, _hooks_read_at
     if domain_id is None:
         return []
     if time.monotonic() - _hooks_read_at > settings.SMTP_DIRECTORY_CACHE:
-        fresh: dict[int, list[tuple[int, frozenset[str]]]] = {}
-        for pk, domain, events in Webhook.objects.filter(active=True).values_list("pk", "domain_id", "events"):
-            fresh.setdefault(domain, []).append((pk, frozenset(events)))
+        fresh: dict[int, list[tuple[int, frozenset[str], str]]] = {}
+        for pk, domain, events, name in Webhook.objects.filter(active=True).values_list(
+                "pk", "domain_id", "events", "domain__name"):
+            fresh.setdefault(domain, []).append((pk, frozenset(events), name))
         with _hooks_lock:
             _hooks, _hooks_read_at = fresh, time.monotonic()
     return _hooks.get(domain_id, [])
@@ -79,10 +81,10 @@ def events_for(rcpts, kind: str, reply: str, tls: str = "", attempts_added: int 
     now = timezone.now()
     for rcpt in rcpts:
         message = rcpt.message
-        for webhook_id, events in _hooks_for(message.sender_domain_id):
+        for webhook_id, events, domain in _hooks_for(message.sender_domain_id):
             if kind in events:
                 rows.append(WebhookEvent(webhook_id=webhook_id, created_at=now, next_attempt_at=now, payload={
-                    "event": kind, "at": now.isoformat(), "queue_id": message.queue_id,
+                    "event": kind, "at": now.isoformat(), "domain": domain, "queue_id": message.queue_id,
                     "sender": message.sender, "recipient": rcpt.address, "attempts": rcpt.attempts + attempts_added,
                     "reply": reply, "tls": tls or rcpt.tls_version}))
     return rows

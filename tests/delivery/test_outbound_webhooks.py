@@ -106,6 +106,7 @@ def test_a_delivery_and_a_bounce_reach_the_domains_endpoint_signed(bob, endpoint
         payload = json.loads(body)
         payloads[payload["event"]] = payload
     assert payloads["delivered"]["queue_id"] == delivered.queue_id
+    assert payloads["delivered"]["domain"] == "example.org"
     assert payloads["delivered"]["recipient"] == "someone@remote.test"
     assert payloads["delivered"]["reply"].startswith("250") and payloads["delivered"]["attempts"] == 1
     assert payloads["bounced"]["queue_id"] == bounced.queue_id
