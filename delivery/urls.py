@@ -13,6 +13,7 @@ urlpatterns = [
     path("domains/<int:pk>/suppressions/<int:suppression_pk>/remove/", views.suppression_remove,
          name="suppression_remove"),
     path("domains/<int:pk>/webhooks/", views.domain_webhooks, name="domain_webhooks"),
+    path("domains/<int:pk>/webhooks/<int:webhook_pk>/test/", views.webhook_test, name="webhook_test"),
     path("domains/<int:pk>/webhooks/<int:webhook_pk>/delete/", views.webhook_delete, name="webhook_delete"),
     path("log/", views.global_log, name="log"),
     path("queue/", views.global_queue, name="queue"),

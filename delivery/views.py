@@ -16,7 +16,7 @@ from portal.audit import record
 from portal.forms import SearchForm
 from portal.roles import domain_view, not_post, superadmin_required
 
-from . import queue
+from . import queue, webhooks
 from .forms import WebhookForm
 from .models import MessageLog, QueuedMessage, QueuedRecipient, Suppression, Webhook
 
@@ -130,6 +130,20 @@ def domain_webhooks(request, domain):
         return redirect("delivery:domain_webhooks", pk=domain.pk)
     return render(request, "delivery/webhooks.html",
                   {"domain": domain, "form": form, "webhooks": domain.webhooks.order_by("created_at", "id")})
+
+
+@domain_view()
+def webhook_test(request, domain, webhook_pk):
+    """POST a signed `test` event now, so that an admin sees the endpoint and its check work."""
+    webhook = get_object_or_404(Webhook.objects.filter(domain=domain).select_related("domain"), pk=webhook_pk)
+    if refused := not_post(request):
+        return refused
+    problem = webhooks.send_test(webhook)
+    if problem is None:
+        messages.success(request, f"{webhook.url} took the test event.")
+    else:
+        messages.error(request, f"{webhook.url} did not take the test event: {problem}")
+    return redirect("delivery:domain_webhooks", pk=domain.pk)
 
 
 @domain_view()

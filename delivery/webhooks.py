@@ -96,6 +96,17 @@ def save(events: list[WebhookEvent]) -> None:
         WebhookEvent.objects.bulk_create(events)
 
 
+def send_test(webhook: Webhook) -> str | None:
+    """POST a `test` event at once (the portal's button): None when the endpoint took it, else
+    what went wrong. Recorded as the webhook's last result like any other."""
+    now = timezone.now()
+    body = json.dumps({"event": "test", "at": now.isoformat(), "domain": webhook.domain.name},
+                      separators=(",", ":")).encode()
+    problem = post(webhook.url, webhook.secret, body, 0)
+    Webhook.objects.filter(pk=webhook.pk).update(last_status=problem or "test delivered", last_attempt_at=now)
+    return problem
+
+
 def retry_delay(attempts: int) -> int:
     return RETRY_SCHEDULE[min(attempts, len(RETRY_SCHEDULE)) - 1]
 

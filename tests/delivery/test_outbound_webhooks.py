@@ -276,3 +276,20 @@ def test_a_run_stops_starting_requests_after_its_time_and_leaves_the_rest(bob, e
     assert list(WebhookEvent.objects.values_list("state", "attempts", "lease_until")) == [("pending", 0, None)] * 2
     monkeypatch.setattr(webhooks, "RUN_SECONDS", 30)
     assert webhooks.send_due() == 2 and len(endpoint.requests) == 2
+
+
+def test_an_admin_sends_a_test_event_from_the_portal_and_sees_the_answer(client, alice, bob, endpoint):
+    from django.urls import reverse
+
+    webhook = hook(bob.domain, endpoint)
+    client.force_login(alice)
+    url = reverse("delivery:webhook_test", kwargs={"pk": bob.domain.pk, "webhook_pk": webhook.pk})
+    page = client.post(url, follow=True).content.decode()
+    assert "took the test event" in page
+    [(headers, body)] = endpoint.requests
+    assert json.loads(body)["event"] == "test" and signed_by(webhook.secret, headers, body)
+    endpoint.status = 404
+    page = client.post(url, follow=True).content.decode()
+    assert "did not take the test event: HTTP 404" in page
+    webhook.refresh_from_db()
+    assert webhook.last_status == "HTTP 404"

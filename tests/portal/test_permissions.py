@@ -63,6 +63,7 @@ MATRIX = {
     "delivery:queue_delete": ("domain", [("message_pk", "queued")], 405),
     "delivery:suppression_remove": ("domain", [("suppression_pk", "suppression")], 405),
     "delivery:domain_webhooks": ("domain", [], 200),
+    "delivery:webhook_test": ("domain", [("webhook_pk", "webhook")], 405),
     "delivery:webhook_delete": ("domain", [("webhook_pk", "webhook")], 405),
     "me:overview": ("mailbox", [], 200),
     "me:password": ("mailbox", [], 200),
