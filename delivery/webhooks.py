@@ -77,11 +77,14 @@ def _hooks_for(domain_id: int | None) -> list[tuple[int, frozenset[str], str]]:
 def events_for(rcpts, kind: str, reply: str, tls: str = "", attempts_added: int = 0) -> list[WebhookEvent]:
     """The events of recipients about to get an outcome, made before its transaction (which
     must not wait on a query while it holds SQLite's writer lock) and saved inside it (`save`)."""
+    hooks = {r.message.sender_domain_id: _hooks_for(r.message.sender_domain_id) for r in rcpts}
+    if not any(hooks.values()):
+        return []       # the delivery path's usual case: one dictionary lookup per domain
     rows = []
     now = timezone.now()
     for rcpt in rcpts:
         message = rcpt.message
-        for webhook_id, events, domain in _hooks_for(message.sender_domain_id):
+        for webhook_id, events, domain in hooks[message.sender_domain_id]:
             if kind in events:
                 rows.append(WebhookEvent(webhook_id=webhook_id, created_at=now, next_attempt_at=now, payload={
                     "event": kind, "at": now.isoformat(), "domain": domain, "queue_id": message.queue_id,
