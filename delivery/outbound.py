@@ -11,6 +11,7 @@ window in which a crash can duplicate a message is one round trip wide — the l
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import smtplib
 import ssl
@@ -56,6 +57,18 @@ def envelope_address(address: str) -> str:
         except AddressError:
             pass
     return address
+
+
+def dot_stuffed(data: bytes) -> bytes:
+    """The message as it goes after DATA's 354 (RFC 5321 4.5.2): a dot doubled at the start of
+    every line, CRLF at the end, then `.CRLF`. What smtplib's `data()` sends, without its
+    regular expression over the whole message when every line ends in CRLF (all mail we
+    queue: prepared, or refused at DATA for a bare CR or LF)."""
+    if data.count(b"\n") == data.count(b"\r\n"):
+        stuffed = (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
+    else:
+        stuffed = re.sub(rb"(?m)^\.", b"..", data)
+    return stuffed + (b".\r\n" if stuffed.endswith(b"\r\n") else b"\r\n.\r\n")
 
 
 class HostFailed(Exception):
@@ -255,6 +268,8 @@ class Connection:
         options = self._mail_options(sender, list(addresses.values()), data)
         if isinstance(options, Outcome):
             return {r.pk: options for r in rcpts}
+        if smtp.has_extn("pipelining"):
+            return self._send_pipelined(sender, options, rcpts, addresses, data)
         results: dict[int, Outcome] = {}
         try:
             code, msg = smtp.mail(sender, options)
@@ -287,6 +302,61 @@ class Connection:
             refused = Outcome(_kind(exc.smtp_code), _reply(exc.smtp_code, exc.smtp_error), self.tls_version)
             smtp.rset()
             return {r.pk: results.get(r.pk, refused) for r in rcpts}
+        except (OSError, smtplib.SMTPException) as exc:
+            raise HostFailed(f"{self.host.name}: {exc}") from exc
+
+    def _send_pipelined(self, sender: str, options: list[str], rcpts: list[QueuedRecipient],
+                        addresses: dict[int, str], data: bytes) -> dict[int, Outcome]:
+        """`send` to a peer that offers PIPELINING (RFC 2920), as Postfix does: MAIL, every RCPT
+        and DATA go in one write and their replies are read in order, so a message costs two
+        round trips instead of three plus one per recipient (over the internet, most of a
+        delivery's time) and both ends a few system calls fewer.
+
+        Every reply is read whatever came before it, so the session stays in step: after a
+        refused MAIL the peer refuses the rest (503) and nothing is sent; a DATA the peer
+        accepts although it took no recipient gets a lone dot, as RFC 2920 section 3.1 asks.
+        """
+        smtp, tls = self.smtp, self.tls_version
+        commands = [f"MAIL FROM:{smtplib.quoteaddr(sender)}" + "".join(f" {o}" for o in options)]
+        commands += [f"RCPT TO:{smtplib.quoteaddr(addresses[r.pk])}" for r in rcpts]
+        commands.append("DATA")
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        results: dict[int, Outcome] = {}
+        try:
+            smtp.send(("\r\n".join(commands) + "\r\n").encode(encoding))
+            mail = smtp.getreply()
+            rcpt_replies = [smtp.getreply() for _ in rcpts]
+            code, msg = smtp.getreply()     # to DATA
+            accepted, over_limit = [], []
+            if mail[0] != 250:
+                results = {r.pk: Outcome(_kind(mail[0]), _reply(*mail), tls) for r in rcpts}
+            else:
+                for r, (rcpt_code, rcpt_msg) in zip(rcpts, rcpt_replies, strict=True):
+                    if rcpt_code in (250, 251):
+                        accepted.append(r)
+                    elif rcpt_code == 452:
+                        over_limit.append((r, _reply(rcpt_code, rcpt_msg)))
+                    else:
+                        results[r.pk] = Outcome(_kind(rcpt_code), _reply(rcpt_code, rcpt_msg), tls)
+                # Too many recipients for one transaction (RFC 5321 4.5.3.1.10): those go in the
+                # next one at once; with none taken, 452 is a plain deferral.
+                for r, reply in over_limit:
+                    results[r.pk] = Outcome(AGAIN if accepted else "deferred", reply, tls)
+            if code != 354:
+                for r in accepted:  # DATA refused: its reply is theirs
+                    results[r.pk] = Outcome(_kind(code), _reply(code, msg), tls)
+                smtp.rset()
+                return results
+            if not accepted:
+                smtp.send(b".\r\n")
+                smtp.getreply()
+                smtp.rset()
+                return results
+            smtp.send(dot_stuffed(data))
+            code, msg = smtp.getreply()
+            for r in accepted:
+                results[r.pk] = Outcome(_kind(code), _reply(code, msg), tls)
+            return results
         except (OSError, smtplib.SMTPException) as exc:
             raise HostFailed(f"{self.host.name}: {exc}") from exc
 

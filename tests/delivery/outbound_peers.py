@@ -2,7 +2,8 @@
 
 The sink decides by the recipient's local part what it answers, like the receivers of
 FIELD-NOTES: `reject…` 550 5.1.1, `grey…` 451 the first time then 250, `slow…` stalls the first
-time before answering RCPT (to kill a worker mid-delivery), `full…` 452 4.2.2, anything else 250.
+time before answering RCPT (to kill a worker mid-delivery), `full…` 452 4.2.2, anything else 250;
+a sender whose local part starts with `blocked` gets 550 5.7.1 at MAIL.
 """
 
 from __future__ import annotations
@@ -48,6 +49,21 @@ class SinkHandler:
     stalled: set[str] = field(default_factory=set)
     rcpt_limit: int = 0  # recipients per transaction before 452, as Gmail and others limit them
     transactions: list[int] = field(default_factory=list)  # recipients accepted, per transaction
+    pipelining: bool = False  # offer PIPELINING (RFC 2920), as nearly every real MX does
+    # Per MAIL: whether the commands after it (up to DATA) had already arrived with it.
+    pipelined: list[bool] = field(default_factory=list)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return responses[:-1] + ["250-PIPELINING", responses[-1]] if self.pipelining else responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        self.pipelined.append(b"DATA\r\n" in bytes(server._reader._buffer).upper())
+        if address.split("@")[0].lower().startswith("blocked"):
+            return "550 5.7.1 Sender blocked"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@")[0].lower()
@@ -100,13 +116,14 @@ class Sink:
 
     def __init__(self, host: str = "127.0.0.2", port: int | None = None, tls: ssl.SSLContext | None = None,
                  logins: dict[str, str] | None = None, implicit_tls: bool = False, starttls_reply: str = "",
-                 smtputf8: bool = False, size_limit: int | None = None, data_reply: str = ""):
+                 smtputf8: bool = False, size_limit: int | None = None, data_reply: str = "",
+                 pipelining: bool = False):
         """`logins`: a smarthost that takes mail only after AUTH (over TLS) as one of these users.
         `implicit_tls`: `tls` wraps the connection from its first byte (port 465 style).
         `starttls_reply`: STARTTLS is offered but answered with this refusal.
         `smtputf8`: offer SMTPUTF8 (RFC 6531); `size_limit`: the SIZE it announces and enforces.
-        `data_reply`: the DATA command itself is refused with this."""
-        self.handler = SinkHandler()
+        `data_reply`: the DATA command itself is refused with this. `pipelining`: offer PIPELINING."""
+        self.handler = SinkHandler(pipelining=pipelining)
         self.host = host
         self.port = port or free_port()
         self.logins: list[str] = []
