@@ -1,11 +1,12 @@
 """The SMTP client: delivers one leased batch (one destination domain) over as few connections
 as possible.
 
-One connection carries every message of the batch (RSET between them), each with all its
-recipients for that domain, as Postfix does. STARTTLS whenever the peer offers it; under an
-MTA-STS `enforce` policy only listed hosts with a valid certificate are used, and anything less
-defers. Each recipient's outcome is committed the moment the peer answers the final dot, so the
-window in which a crash can duplicate a message is one round trip wide — the least any MTA can do.
+One connection carries every message of the batch (RSET after a refusal), each with all its
+recipients for that domain, pipelined where the peer offers PIPELINING, as Postfix does.
+STARTTLS whenever the peer offers it; under an MTA-STS `enforce` policy only listed hosts with a
+valid certificate are used, and anything less defers. Each recipient's outcome is committed the
+moment the peer answers the final dot, so the window in which a crash can duplicate a message is
+one round trip wide — the least any MTA can do.
 """
 
 from __future__ import annotations

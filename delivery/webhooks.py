@@ -24,7 +24,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -35,7 +34,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import routing
+from . import https_requests, routing
 from .models import Webhook, WebhookEvent
 
 log = logging.getLogger(__name__)
@@ -221,35 +220,17 @@ def post(url: str, secret: str, body: bytes, event_id: int) -> str | None:
                f"Mailhost-Event-Id: {event_id}\r\nMailhost-Signature: t={stamp},v1={signature}\r\n"
                f"Connection: close\r\n\r\n").encode() + body
     context = ssl.create_default_context(cafile=settings.WEBHOOK_CA_FILE or None)
-    deadline = time.monotonic() + settings.WEBHOOK_TIMEOUT
     try:
-        with socket.create_connection((addresses[0], port), timeout=settings.WEBHOOK_TIMEOUT) as raw:
-            with context.wrap_socket(raw, server_hostname=host) as tls:
-                tls.sendall(request)
-                status_line = _status_line(tls, deadline)
+        answer = https_requests.exchange(host, addresses[0], port, request, context,
+                                         seconds=settings.WEBHOOK_TIMEOUT, limit=8192, until=b"\r\n")
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}"[:300]
+    status_line = answer.split(b"\r\n", 1)[0]
     version, _, rest = status_line.partition(b" ")
     code = rest[:3]
     if not version.startswith(b"HTTP/") or not code.isdigit():
         return "the endpoint's answer is not HTTP"
     return None if code.startswith(b"2") else f"HTTP {int(code)}"
-
-
-def _status_line(tls: ssl.SSLSocket, deadline: float) -> bytes:
-    """The answer's first line, by `deadline` whatever the endpoint does: one that trickles a
-    byte at a time must not hold a worker (which also delivers mail) past WEBHOOK_TIMEOUT."""
-    answer = b""
-    while b"\r\n" not in answer and len(answer) < 8192:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"no answer within {settings.WEBHOOK_TIMEOUT:g} s")
-        tls.settimeout(left)
-        chunk = tls.recv(8192 - len(answer))
-        if not chunk:
-            break
-        answer += chunk
-    return answer.split(b"\r\n", 1)[0]
 
 
 def _is_ip(host: str) -> bool:

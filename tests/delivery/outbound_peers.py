@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import http.server
+import socket
 import ssl
 import subprocess
 import threading
@@ -262,6 +263,27 @@ class PolicyServer:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class Trickler:
+    """A TLS endpoint that reads the request, then answers one byte every `pause` seconds."""
+
+    def __init__(self, ctx, pause: float):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.ctx, self.pause = ctx, pause
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        try:
+            with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\n\r\n":
+                    tls.sendall(bytes([byte]))
+                    time.sleep(self.pause)
+        except OSError:
+            pass
 
 
 def dkim_txt_lines(domain) -> list[str]:

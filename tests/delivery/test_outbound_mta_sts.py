@@ -7,6 +7,8 @@ certificate from a test CA serves the policy, and the MX is an aiosmtpd sink.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from delivery import mta_sts
@@ -16,6 +18,7 @@ from tests.delivery.outbound_peers import (
     CertificateAuthority,
     PolicyServer,
     Sink,
+    Trickler,
     broken_tls_context,
     self_signed_context,
 )
@@ -152,3 +155,28 @@ def test_the_delivery_path_reuses_a_policy_answer_until_the_recheck_time(bob, dn
         settings.MTA_STS_RECHECK_SECONDS = 0
         mta_sts.forget_recent()
         assert mta_sts.policy_for_delivery("secure.test").policy_id == "2"
+
+
+def test_a_policy_server_that_trickles_its_answer_is_given_up_at_the_fetch_deadline(dns_server, settings, ca,
+                                                                                    monkeypatch):
+    slow = Trickler(ca.server_context("mta-sts.secure.test"), pause=0.3)
+    settings.MTA_STS_HTTPS_PORT = slow.port
+    monkeypatch.setattr(mta_sts, "FETCH_SECONDS", 1.0)
+    dns_server.zone("secure.test", "mta-sts IN A 127.0.0.1", '_mta-sts IN TXT "v=STSv1; id=1"')
+    started = time.monotonic()
+    with pytest.raises(mta_sts.PolicyError, match="timed out|within 1 s"):
+        mta_sts.fetch("secure.test")
+    assert time.monotonic() - started < 3, "one deadline for the whole answer, not one per byte"
+
+
+@pytest.mark.parametrize(("policy", "content_type", "problem"), [
+    (ENFORCE + "#" * (64 * 1024), "text/plain", "larger than 64 KiB"),
+    (ENFORCE, "text/html", "content type 'text/html'"),
+])
+def test_an_oversized_or_mistyped_policy_is_refused_with_the_reason(dns_server, settings, ca, policy,
+                                                                    content_type, problem):
+    server = PolicyServer(ca.server_context("mta-sts.secure.test"), policy, content_type=content_type)
+    settings.MTA_STS_HTTPS_PORT = server.port
+    dns_server.zone("secure.test", "mta-sts IN A 127.0.0.1", '_mta-sts IN TXT "v=STSv1; id=1"')
+    with server, pytest.raises(mta_sts.PolicyError, match=problem):
+        mta_sts.fetch("secure.test")

@@ -21,7 +21,7 @@ from django.utils import timezone
 from delivery import outbound, queue, webhooks
 from delivery.models import Webhook, WebhookEvent
 from delivery.queue import enqueue
-from tests.delivery.outbound_peers import CertificateAuthority, Sink
+from tests.delivery.outbound_peers import CertificateAuthority, Sink, Trickler
 
 MESSAGE = b"From: Bob <bob@example.org>\r\nTo: someone@remote.test\r\nSubject: hello\r\n\r\nHi there.\r\n"
 
@@ -226,29 +226,6 @@ def test_events_another_worker_holds_are_left_to_it_until_its_lease_runs_out(bob
     assert webhooks.send_due(timezone.now() + dt.timedelta(minutes=11)) == 1
     held.refresh_from_db()
     assert held.state == "sent" and len(endpoint.requests) == 1
-
-
-class Trickler:
-    """A TLS endpoint that reads the request, then answers one byte every `pause` seconds."""
-
-    def __init__(self, ctx, pause: float):
-        import socket
-
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.ctx, self.pause = ctx, pause
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        conn, _ = self.listener.accept()
-        try:
-            with self.ctx.wrap_socket(conn, server_side=True) as tls:
-                tls.recv(65536)
-                for byte in b"HTTP/1.1 200 OK\r\n\r\n":
-                    tls.sendall(bytes([byte]))
-                    time.sleep(self.pause)
-        except OSError:
-            pass
 
 
 def test_an_endpoint_that_trickles_its_answer_is_given_up_at_the_timeout(bob, endpoint, settings, tmp_path):
