@@ -539,6 +539,7 @@ class Round:
     theirs: float
     their_cpu: float
     bench_cpu: float    # mean of the two runs: the same clients and sink for either peer
+    bench_cpus: tuple[float, float] = (0.0, 0.0)   # the clients' and sink's share in each run
     signing: float = 0.0
     signing_cpu: float = 0.0
     opendkim_cpu: float = 0.0
@@ -548,7 +549,8 @@ class Round:
     def summary(self) -> str:
         line = (f"mailhost {self.ours:.1f} msg/s ({self.our_cpu:.2f} ms CPU/message: runsmtp "
                 f"{self.service_cpu[0]:.2f}, worker {self.service_cpu[1]:.2f}), "
-                f"postfix {self.theirs:.1f} ({self.their_cpu:.2f}), ratio {self.ours / self.theirs:.2f}")
+                f"postfix {self.theirs:.1f} ({self.their_cpu:.2f}), ratio {self.ours / self.theirs:.2f}; "
+                f"clients and sink {self.bench_cpus[0]:.2f} / {self.bench_cpus[1]:.2f}")
         if self.signing:
             line += f"; postfix + opendkim {self.signing:.1f}, ratio {self.ours / self.signing:.2f}"
         return line
@@ -580,7 +582,7 @@ def run_round(args, workdir: Path, dns, sink: CountingSink, procs: list) -> Roun
     theirs = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink, args.timeline)
     stop(postfix)
     result = Round(env, ours.rate, ours.box_cpu, service_cpu, sample, theirs.rate, theirs.box_cpu,
-                   (ours.bench_cpu + theirs.bench_cpu) / 2, key=key)
+                   (ours.bench_cpu + theirs.bench_cpu) / 2, (ours.bench_cpu, theirs.bench_cpu), key=key)
     if args.opendkim:
         # The same Postfix, Dovecot and sink, restarted with the milter: only the signing is new.
         opendkim, milter = start_opendkim(workdir, key, procs)
