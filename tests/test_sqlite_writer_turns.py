@@ -145,3 +145,11 @@ def test_a_full_channel_never_blocks_the_writer_giving_up_its_turn(tmp_path):
             os.read(fd, 1)  # a wake-up drains everything that piled up
     finally:
         os.close(fd)
+
+
+def test_a_channel_that_went_away_never_fails_a_commit_and_waiters_fall_back_to_polling():
+    gone = 999_999  # no such descriptor
+    base._announce_release(gone)   # after COMMIT: must not raise
+    started = time.monotonic()
+    base._wait_for_release(gone, 0.1)
+    assert time.monotonic() - started >= 0.09

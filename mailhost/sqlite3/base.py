@@ -69,24 +69,30 @@ def _open_fifo(path: str) -> int | None:
 def _wait_for_release(channel: int | None, timeout: float) -> None:
     """Sleep until a writer gives its turn up or `timeout` passes; bytes left by releases that
     nobody waited for wake the next waiter once, who finds the turn taken and waits again."""
+    if channel is not None:
+        try:
+            readable, _, _ = select.select([channel], [], [], timeout)
+        except (OSError, ValueError):   # the descriptor is gone: poll as without one
+            channel = None
     if channel is None:
         time.sleep(timeout)
         return
-    readable, _, _ = select.select([channel], [], [], timeout)
     if readable:
         try:
             while os.read(channel, 65536):
                 pass
-        except BlockingIOError:
+        except OSError:     # drained (EAGAIN)
             pass
 
 
 def _announce_release(channel: int | None) -> None:
+    """Never raises: it runs after COMMIT, and an error there would make a committed write
+    look failed (and be made again)."""
     if channel is not None:
         try:
             os.write(channel, b"\0")
-        except BlockingIOError:
-            pass    # full of bytes nobody has read yet: the next waiter wakes anyway
+        except OSError:
+            pass    # full of bytes nobody has read yet (the next waiter wakes anyway), or gone
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
