@@ -80,6 +80,42 @@ def test_a_holder_that_dies_without_waking_anyone_is_noticed_by_the_poll(sqlite_
     assert MessageLog.objects.filter(queue_id="after the crash").exists()
 
 
+def test_writers_of_one_process_wait_for_each_other_on_its_own_lock_not_on_the_wake_up_channel(
+        sqlite_file, monkeypatch):
+    # A worker's delivery lanes are threads of one process: at every byte on the FIFO each of
+    # them would wake to find the turn taken again. Only one per process may go to the file.
+    sleeps = []
+    original = base._wait_for_release
+    monkeypatch.setattr(base, "_wait_for_release", lambda *args: (sleeps.append(1), original(*args)))
+    holder, _ = hold_turn_in_thread(0.5)
+
+    def write(n: int) -> None:
+        try:
+            with transaction.atomic():
+                log_row(f"lane {n}")
+        finally:
+            connection.close()
+
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(3)]
+    for writer in writers:
+        writer.start()
+    for writer in writers + [holder]:
+        writer.join(10)
+    assert MessageLog.objects.filter(queue_id__startswith="lane").count() == 3
+    assert sleeps == [], "the threads queued on the process's lock, and were woken one at a time"
+
+
+def test_a_child_forked_while_a_thread_held_the_turn_has_a_free_lock_of_its_own(sqlite_file):
+    holder, _ = hold_turn_in_thread(1.0)
+    assert base.process_turn(sqlite_file).locked()
+    pid = os.fork()
+    if pid == 0:    # the child: its copy of the held lock would never be released
+        os._exit(0 if not base.process_turn(sqlite_file).locked() else 1)
+    _, status = os.waitpid(pid, 0)
+    holder.join(10)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_writers_of_several_processes_never_hold_the_turn_together(sqlite_file):
     # Each child counts how often it found the turn free while it believed it held it.
     code = """

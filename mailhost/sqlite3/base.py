@@ -31,6 +31,24 @@ LONGEST_POLL = 0.001     # how late a waiter notices a holder that died without 
 
 _release_channels: dict[str, int | None] = {}   # database file -> this process's FIFO descriptor
 _channels_lock = threading.Lock()
+_process_turns: dict[str, threading.Lock] = {}   # database file -> this process's place in the queue
+
+
+def process_turn(database: str) -> threading.Lock:
+    """The lock a process's own writers queue on before the turn file: a process with several
+    writing threads (a worker's delivery lanes) then sends one of them to the turn file, and
+    the rest sleep on this lock and are woken one at a time, instead of every one of them
+    waking at each byte on the FIFO to find the turn taken again."""
+    lock = _process_turns.get(database)
+    if lock is None:
+        with _channels_lock:
+            lock = _process_turns.setdefault(database, threading.Lock())
+    return lock
+
+
+# A child forked while one of the parent's threads held a process lock would inherit it held
+# for ever: the child makes its own (the turn file and the FIFO are shared on purpose).
+os.register_at_fork(after_in_child=_process_turns.clear)
 
 
 def release_channel(database: str) -> int | None:
@@ -98,6 +116,7 @@ def _announce_release(channel: int | None) -> None:
 class DatabaseWrapper(base.DatabaseWrapper):
     _turn_fd: int | None = None
     _has_turn = False
+    _own_turn: threading.Lock | None = None
     _wal_fd: int | None = None
 
     def wal_descriptor_copy(self) -> int | None:
@@ -163,6 +182,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
         fd = self._turn_file()
         if fd is None or self._has_turn:
             return
+        timeout = float(self.settings_dict["OPTIONS"].get("timeout", 5))
+        own = process_turn(self.settings_dict["NAME"])
+        if not own.acquire(timeout=timeout):
+            return  # SQLite's busy handler decides, and reports "database is locked"
+        try:
+            self._take_turn_file(fd, timeout)
+        finally:
+            if self._has_turn:
+                self._own_turn = own
+            else:
+                own.release()
+
+    def _take_turn_file(self, fd: int, timeout: float) -> None:
         deadline = None
         channel = release_channel(self.settings_dict["NAME"])
         # With a channel the poll is only the fallback, and each early timeout a needless wake.
@@ -173,7 +205,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             except BlockingIOError:
                 now = time.monotonic()
                 if deadline is None:
-                    deadline = now + float(self.settings_dict["OPTIONS"].get("timeout", 5))
+                    deadline = now + timeout
                 elif now > deadline:
                     return  # SQLite's busy handler decides, and reports "database is locked"
                 _wait_for_release(channel, min(pause, max(deadline - now, 0.0)))
@@ -185,5 +217,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _give_turn(self) -> None:
         if self._has_turn:
             self._has_turn = False
-            fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
-            _announce_release(release_channel(self.settings_dict["NAME"]))
+            try:
+                fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+                _announce_release(release_channel(self.settings_dict["NAME"]))
+            finally:
+                own, self._own_turn = self._own_turn, None
+                if own is not None:
+                    own.release()
