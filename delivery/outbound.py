@@ -1,5 +1,5 @@
-"""The SMTP client: delivers one leased batch (one destination domain) over as few connections
-as possible.
+"""The SMTP client: delivers leased batches (one destination domain each) over as few connections
+as possible, several destinations at once.
 
 One connection carries every message of the batch (RSET after a refusal), each with all its
 recipients for that domain, pipelined where the peer offers PIPELINING, as Postfix does.
@@ -12,15 +12,19 @@ one round trip wide — the least any MTA can do.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import smtplib
 import ssl
+import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import Future
+from queue import SimpleQueue
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
 from mailhost.addresses import AddressError, normalize_domain
 
@@ -374,8 +378,9 @@ class Connection:
 # batch for the same MX host (often another domain on the same provider, or the same domain a
 # moment later) skips connect, EHLO and STARTTLS. A parked connection is reused only within
 # SMTP_CONNECTION_CACHE_TIME seconds (0 turns the cache off), after an RSET proves it alive, and
-# only for the same TLS demands it was opened under.
-_idle: dict[tuple, tuple[float, Connection]] = {}
+# only for the same TLS demands it was opened under. Up to one per delivery lane and host.
+_idle: dict[tuple, list[tuple[float, Connection]]] = {}
+_idle_lock = threading.Lock()
 
 
 def _cache_time() -> float:
@@ -390,49 +395,186 @@ def connect(host: routing.Host, policy: mta_sts.Policy, relay: bool) -> Connecti
     """A live connection to `host`: a parked one when it is fresh and answers RSET, else a new one."""
     if policy.enforced and not policy.allows(host.name):
         raise HostFailed(f"{host.name} is not listed in the MTA-STS policy")
-    now = time.monotonic()
-    for key, (parked_at, conn) in list(_idle.items()):
-        if now - parked_at > _cache_time():
-            del _idle[key]
-            conn.close()
-    parked = _idle.pop(_key(host, policy, relay), None)
-    if parked is not None:
-        conn = parked[1]
+    oldest = time.monotonic() - _cache_time()
+    stale, reused = [], None
+    with _idle_lock:
+        entries = _idle.get(_key(host, policy, relay))
+        if entries and entries[-1][0] >= oldest:
+            reused = entries.pop()[1]     # the most recently parked: likeliest still open
+        for key, entries in list(_idle.items()):
+            stale += [conn for parked_at, conn in entries if parked_at < oldest]
+            entries[:] = [entry for entry in entries if entry[0] >= oldest]
+            if not entries:
+                del _idle[key]
+    for conn in stale:
+        conn.close()
+    if reused is not None:
         try:
-            if conn.smtp.rset()[0] == 250:
-                return conn
+            if reused.smtp.rset()[0] == 250:
+                return reused
         except (OSError, smtplib.SMTPException):
             pass
-        conn.close()
+        reused.close()
     return Connection(host, policy, relay)
 
 
 def park(conn: Connection, relay: bool) -> None:
     """Keep a healthy connection for the next batch, or close it when caching is off."""
     key = _key(conn.host, conn.policy, relay)
-    if _cache_time() <= 0 or conn.smtp is None or key in _idle:
+    if _cache_time() > 0 and conn.smtp is not None:
+        with _idle_lock:
+            entries = _idle.setdefault(key, [])
+            if len(entries) < parallel_destinations():
+                entries.append((time.monotonic(), conn))
+                return
+    conn.close()
+
+
+def parked() -> list[Connection]:
+    """Every connection parked in this process (to close them, or to count them)."""
+    with _idle_lock:
+        return [conn for entries in _idle.values() for _, conn in entries]
+
+
+def close_parked() -> None:
+    with _idle_lock:
+        conns = [conn for entries in _idle.values() for _, conn in entries]
+        _idle.clear()
+    for conn in conns:
         conn.close()
-        return
-    _idle[key] = (time.monotonic(), conn)
+
+
+def parallel_destinations() -> int:
+    """How many destinations one worker process delivers to at once (QUEUE_PARALLEL_DESTINATIONS)."""
+    return max(1, int(getattr(settings, "QUEUE_PARALLEL_DESTINATIONS", 4)))
+
+
+class _Lanes:
+    """A worker process's delivery threads, each with its own database connection, kept from
+    one run to the next (a new SQLite connection and its pragmas per run would cost more than
+    the thread). Made on first use in the process that delivers: Celery's prefork children
+    inherit no threads from the parent that forked them."""
+
+    def __init__(self, size: int):
+        self.pid, self.size = os.getpid(), size
+        self.jobs: SimpleQueue = SimpleQueue()
+        self.threads = [threading.Thread(target=self._serve, name=f"delivery-lane-{n}", daemon=True)
+                        for n in range(size)]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self.jobs.put((future, fn, args))
+        return future
+
+    def _serve(self) -> None:
+        from .db_writes import refresh_connection
+
+        try:
+            while (job := self.jobs.get()) is not None:
+                future, fn, args = job
+                try:
+                    refresh_connection()
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # noqa: BLE001 - handed to the run that waits
+                    future.set_exception(exc)
+        finally:
+            connections.close_all()
+
+    def stop(self) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join()
+
+
+_lanes: _Lanes | None = None
+_lanes_lock = threading.Lock()
+
+
+def _lane_pool(size: int) -> _Lanes:
+    global _lanes
+    with _lanes_lock:
+        if _lanes is None or _lanes.pid != os.getpid() or _lanes.size != size:
+            if _lanes is not None and _lanes.pid == os.getpid():
+                _lanes.stop()
+            _lanes = _Lanes(size)
+        return _lanes
+
+
+def stop_lanes() -> None:
+    """End this process's delivery threads and close their database connections."""
+    global _lanes
+    with _lanes_lock:
+        lanes, _lanes = _lanes, None
+    if lanes is not None and lanes.pid == os.getpid():
+        lanes.stop()
 
 
 def deliver_batch(run: str, rows: list[QueuedRecipient], *, marked: bool = False) -> None:
     """Deliver leased rows, domain by domain; every row gets an outcome or its lease runs out.
 
     The rows may span many domains (a task carries several claimed batches). All of them are
-    marked in flight in one statement, and a connection that just delivered one domain's mail
-    goes straight on to the next domain on the same MX host, as it would to the next message:
-    only connections parked between runs are probed with RSET. `marked`: the claim already
-    marked the rows in flight for this run (`claim_due(run=...)`).
+    marked in flight in one statement. Up to QUEUE_PARALLEL_DESTINATIONS domains are delivered
+    at once, each lane (this thread and pool threads) taking the next domain when it is done
+    with one: over the internet a delivery is mostly waiting for the peer, and one destination
+    at a time held a worker to a few messages a second to distant peers (Postfix runs up to 20
+    deliveries per destination by default). Within a lane a connection that just delivered one
+    domain's mail goes straight on to the lane's next domain on the same MX host, as it would
+    to the next message: only connections parked between runs are probed with RSET. A lane that
+    breaks (a bug of ours) leaves its domain's rows to their lease and the other domains to the
+    other lanes; its error is raised once all have finished. `marked`: the claim already marked
+    the rows in flight for this run (`claim_due(run=...)`).
     """
     rows = _drop_suppressed(run, _hold_suspended(run, rows))
     by_domain: OrderedDict[str, list[QueuedRecipient]] = OrderedDict()
     for r in rows:
         by_domain.setdefault(r.domain, []).append(r)
     in_flight = _InFlight(run, [r.pk for r in rows], marked=marked)
+    work = _Destinations(by_domain.items())
+    lanes = min(parallel_destinations(), len(by_domain))
+    if lanes <= 1 or connection.in_atomic_block:
+        # Inside a caller's transaction every write must stay in it: one lane, this thread.
+        _deliver_lane(run, work, in_flight)
+        return
+    pool = _lane_pool(parallel_destinations() - 1)
+    others = [pool.submit(_deliver_lane, run, work, in_flight) for _ in range(lanes - 1)]
+    errors = []
+    try:
+        _deliver_lane(run, work, in_flight)
+    except Exception as exc:  # noqa: BLE001 - raised below, once every lane has finished
+        errors.append(exc)
+    errors += [f.exception() for f in others if f.exception() is not None]
+    if errors:
+        raise errors[0]
+
+
+class _Destinations:
+    """A run's destinations, handed out one at a time to whichever delivery lane is free."""
+
+    def __init__(self, items):
+        self._items = deque(items)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[str, list[QueuedRecipient]]:
+        try:
+            return self._items.popleft()    # atomic: two lanes never take the same domain
+        except IndexError:
+            raise StopIteration from None
+
+
+def _deliver_lane(run: str, work: _Destinations, in_flight: _InFlight) -> None:
+    """Deliver destinations from `work` one after another until none is left.
+
+    Each lane holds its own connections, and a connection that just delivered one domain's mail
+    goes straight on to the lane's next domain on the same MX host.
+    """
     held: dict[tuple, Connection] = {}
     try:
-        for domain, domain_rows in by_domain.items():
+        for domain, domain_rows in work:
             _deliver_domain(run, domain, domain_rows, in_flight, held)
     finally:
         for key, conn in held.items():
@@ -566,12 +708,15 @@ class _InFlight:
         self.all_ids = ids
         self.marked_at: float | None = time.monotonic() if marked else None
         self.ids: set[int] = set(ids) if marked else set()
+        self.lock = threading.Lock()    # the run's delivery lanes share it
 
     def ours(self) -> set[int]:
         renew_after = getattr(settings, "QUEUE_LEASE_SECONDS", 300) / 10
         if self.marked_at is None or time.monotonic() - self.marked_at > renew_after:
-            self.ids = set(start_attempt(self.run, self.all_ids))
-            self.marked_at = time.monotonic()
+            with self.lock:
+                if self.marked_at is None or time.monotonic() - self.marked_at > renew_after:
+                    self.ids = set(start_attempt(self.run, self.all_ids))
+                    self.marked_at = time.monotonic()
         return self.ids
 
 

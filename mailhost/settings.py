@@ -159,6 +159,8 @@ QUEUE_BATCHES_PER_TASK = env.int("QUEUE_BATCHES_PER_TASK", default=10)  # claime
 QUEUE_DISPATCH_TASKS = env.int("QUEUE_DISPATCH_TASKS", default=4)  # deliver tasks a sweep sends at most
 QUEUE_DRAIN_SECONDS = env.float("QUEUE_DRAIN_SECONDS", default=10.0)  # a deliver task then keeps claiming this long
 QUEUE_KICK_INTERVAL = env.float("QUEUE_KICK_INTERVAL", default=0.5)  # a process asks for a sweep at most this often
+# How many destinations one worker process delivers to at once, each over its own connection.
+QUEUE_PARALLEL_DESTINATIONS = env.int("QUEUE_PARALLEL_DESTINATIONS", default=4)
 # Delivery webhooks (delivery/webhooks.py): how long an event is retried, the request timeout, a CA
 # bundle for endpoints with a private CA, and whether endpoints may be on private addresses.
 WEBHOOK_LIFETIME = env.int("WEBHOOK_LIFETIME", default=24 * 3600)

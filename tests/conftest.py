@@ -37,6 +37,17 @@ def forget_remembered_domains():
     webhooks.forget()
 
 
+@pytest.fixture(autouse=True)
+def no_delivery_lanes_left():
+    """A test that delivered to several destinations at once leaves delivery threads with
+    database connections open; PostgreSQL would refuse to drop the test database under them."""
+    yield
+    from delivery import outbound
+
+    outbound.stop_lanes()
+    outbound.close_parked()
+
+
 @pytest.fixture
 def example_org(db):
     from domains.provisioning import create_domain

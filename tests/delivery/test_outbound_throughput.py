@@ -26,9 +26,7 @@ MESSAGE = b"From: Bob <bob@example.org>\r\nTo: someone@remote.test\r\nSubject: h
 def no_parked_connections():
     """Connections parked by one test must not serve the next one."""
     yield
-    for _, conn in outbound._idle.values():
-        conn.close()
-    outbound._idle.clear()
+    outbound.close_parked()
 
 
 @pytest.fixture
@@ -60,7 +58,7 @@ def test_with_the_connection_cache_off_each_batch_opens_its_own_connection(bob, 
     enqueue("bob@example.org", ["b@other.remote"], MESSAGE)
     run_queue()
     assert len(sink.wait_for(2)) == 2
-    assert sink.handler.sessions == 2 and not outbound._idle
+    assert sink.handler.sessions == 2 and not outbound.parked()
 
 
 def test_a_parked_connection_the_peer_dropped_is_replaced_and_the_mail_still_goes(bob, dns_server, settings):
@@ -70,7 +68,7 @@ def test_a_parked_connection_the_peer_dropped_is_replaced_and_the_mail_still_goe
         first = enqueue("bob@example.org", ["a@remote.test"], MESSAGE)
         run_queue()
         before.wait_for(1)
-        assert outbound._idle, "the healthy connection was parked"
+        assert outbound.parked(), "the healthy connection was parked"
     with Sink(port=before.port) as again:
         second = enqueue("bob@example.org", ["b@remote.test"], MESSAGE)
         run_queue()
