@@ -10,9 +10,11 @@ that gives its turn up writes a byte to a FIFO beside it, on which the waiting w
 select(): the turn passes on the moment it is free. Polling at fixed intervals instead, the
 waiters of four processes spent a fifth of the benchmark's run asleep after the turn was free
 (up to a millisecond a time), and their SMTP sessions and deliveries with them. The poll stays
-as the fallback for a holder that died without writing its byte. SQLite's own lock still
-decides: a writer that does not queue here (another program, an autocommit statement) meets
-the busy handler as before, and a turn not won within the configured timeout is left to it too.
+as the fallback for a holder that died without writing its byte. Threads of one process first
+queue on a lock of the process's own, so that one of them at a time waits on the file and the
+FIFO. SQLite's own lock still decides: a writer that does not queue here (another program, an
+autocommit statement) meets the busy handler as before, and a turn not won within the
+configured timeout is left to it too.
 """
 
 from __future__ import annotations
@@ -183,11 +185,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if fd is None or self._has_turn:
             return
         timeout = float(self.settings_dict["OPTIONS"].get("timeout", 5))
+        started = time.monotonic()
         own = process_turn(self.settings_dict["NAME"])
         if not own.acquire(timeout=timeout):
             return  # SQLite's busy handler decides, and reports "database is locked"
         try:
-            self._take_turn_file(fd, timeout)
+            self._take_turn_file(fd, max(0.0, timeout - (time.monotonic() - started)))
         finally:
             if self._has_turn:
                 self._own_turn = own
