@@ -290,3 +290,26 @@ def test_a_runs_rows_come_from_a_statement_compiled_once_and_equal_what_the_quer
     with django_assert_num_queries(1):  # still one query, and seen where queries are recorded
         assert queue.rows_of("another-run") == []
     assert [r.pk for r in queue.rows_of("run-1")] == [r.pk for r in expected]
+
+
+def test_a_sweep_delivers_its_first_share_itself_instead_of_through_the_broker(bob, sink, settings):
+    """A kick means "deliver now": no broker round trip for the first share, and kicks piled up
+    behind a long drain no longer lease rows to tasks that wait behind the other kicks."""
+    from celery.signals import before_task_publish
+
+    from delivery import tasks
+
+    settings.QUEUE_DISPATCH_TASKS = 1
+    message = enqueue("bob@example.org", ["a@remote.test"], MESSAGE)
+    published = []
+
+    def note(sender=None, **_):
+        published.append(sender)
+
+    before_task_publish.connect(note)
+    try:
+        assert tasks.dispatch_due() == 1
+    finally:
+        before_task_publish.disconnect(note)
+    assert published == [], "nothing went to the broker"
+    assert len(sink.wait_for(1)) == 1 and message.recipients.get().state == State.DELIVERED
