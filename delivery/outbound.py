@@ -545,7 +545,7 @@ def deliver_batch(run: str, rows: list[QueuedRecipient], *, marked: bool = False
         _deliver_lane(run, work, in_flight)
     except Exception as exc:  # noqa: BLE001 - raised below, once every lane has finished
         errors.append(exc)
-    errors += [f.exception() for f in others if f.exception() is not None]
+    errors += filter(None, (f.exception() for f in others))
     if errors:
         raise errors[0]
 

@@ -40,7 +40,8 @@ def forget_remembered_domains():
 @pytest.fixture(autouse=True)
 def no_delivery_lanes_left():
     """A test that delivered to several destinations at once leaves delivery threads with
-    database connections open; PostgreSQL would refuse to drop the test database under them."""
+    database connections open (PostgreSQL would refuse to drop the test database under them),
+    and connections parked by one test must not serve the next one."""
     yield
     from delivery import outbound
 

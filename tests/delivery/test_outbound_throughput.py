@@ -22,13 +22,6 @@ State = QueuedRecipient.State
 MESSAGE = b"From: Bob <bob@example.org>\r\nTo: someone@remote.test\r\nSubject: hello\r\n\r\nHi there.\r\n"
 
 
-@pytest.fixture(autouse=True)
-def no_parked_connections():
-    """Connections parked by one test must not serve the next one."""
-    yield
-    outbound.close_parked()
-
-
 @pytest.fixture
 def sink(dns_server, settings):
     dns_server.zone("remote.test", "@ IN MX 10 mx.remote.test.", "mx IN A 127.0.0.2")
