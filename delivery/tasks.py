@@ -2,12 +2,14 @@
 
 No retry times live in the broker (no countdown/ETA: Redis redelivers long ETAs after the
 visibility timeout). `dispatch_due` runs from beat every QUEUE_SWEEP_INTERVAL seconds and on a
-kick after enqueue; it leases due rows per destination, sends one short `deliver` task per
-QUEUE_BATCHES_PER_TASK batches beyond the first such share, and delivers that one itself. A
-lost `deliver` message leaves a lease that runs out, and the next sweep claims the rows.
+kick after enqueue; it leases one task's share of the due rows per destination and delivers
+it itself, and when more is due sends `deliver` tasks that wake other workers to claim the
+rest. Those tasks carry no leases: a lost one costs nothing, the rows stay claimable.
 """
 
 from __future__ import annotations
+
+import secrets
 
 from celery import shared_task
 from django.conf import settings
@@ -21,34 +23,44 @@ def _batches_per_task() -> int:
 
 @shared_task(name="delivery.dispatch_due", ignore_result=True)
 def dispatch_due() -> int:
-    """Claim work for QUEUE_DISPATCH_TASKS deliver tasks; they drain whatever else is due, so a
-    sweep (every kick and beat tick) need not lease the whole queue itself.
+    """Deliver what is due, waking up to QUEUE_DISPATCH_TASKS - 1 more workers when there is
+    more than one task's share; returns how many batches this task delivered.
 
-    The first task's share is delivered here, at once: a kick means "deliver now", and handing
-    that share to the broker only to take it back cost a broker round trip (on the filesystem
-    broker a poll of its folder, 0.1 s). Worse, kicks that had piled up behind two workers'
-    drains were then run one after another, each leasing rows to deliver tasks queued behind
-    the remaining kicks, and no mail moved until the last kick had run: a second without a
-    delivery, mid-load, in the benchmark. Now the first kick taken drains the queue itself and
-    the later ones find little to do.
+    The sweep leases only what it delivers itself, at once: a kick means "deliver now", and
+    handing work to the broker only to take it back cost a broker round trip (on the
+    filesystem broker a poll of its folder, 0.1 s). The tasks it sends carry no leases, only
+    the word that there is more to do; each claims what is due when a worker runs it. Until the
+    fifteenth session they carried rows leased to them, and under load those tasks waited in
+    the broker behind the kicks that had piled up while every worker was draining: the rows
+    were leased, so the draining workers could not take them, and the last few hundred
+    messages of the benchmark sat there for up to a second after everything else had gone.
     """
     tasks = max(1, getattr(settings, "QUEUE_DISPATCH_TASKS", 4))
     per_task = _batches_per_task()
-    tokens = queue.claim_due(max_batches=tasks * per_task)
-    for i in range(per_task, len(tokens), per_task):
-        deliver.apply_async((tokens[i:i + per_task],), ignore_result=True)
-    if tokens:
-        deliver(tokens[:per_task])
-    return len(tokens)
+    run = secrets.token_hex(12)
+    tokens = queue.claim_due(max_batches=per_task, run=run)
+    if not tokens:
+        return 0
+    if len(tokens) >= per_task:
+        for _ in range(tasks - 1):
+            deliver.apply_async(([],), ignore_result=True, expires=queue.KICK_EXPIRES)
+    outbound.deliver_batch(run, queue.rows_of(run), marked=True)
+    return len(tokens) + outbound.deliver_due(_drain_seconds(), per_task)
 
 
 @shared_task(name="delivery.deliver", ignore_result=True)
 def deliver(tokens: str | list[str]) -> None:
-    """Deliver the claimed batches (a single token: a task queued before batches were grouped),
-    then keep delivering whatever else is due for up to QUEUE_DRAIN_SECONDS."""
-    run, rows = queue.take_over(tokens)
-    outbound.deliver_batch(run, rows)
-    outbound.deliver_due(getattr(settings, "QUEUE_DRAIN_SECONDS", 10.0), _batches_per_task())
+    """Deliver whatever is due for up to QUEUE_DRAIN_SECONDS; first the batches leased to
+    `tokens`, if any (tasks queued by a sweep before the fifteenth session carried some; a
+    single token: before batches were grouped)."""
+    if tokens:
+        run, rows = queue.take_over(tokens)
+        outbound.deliver_batch(run, rows)
+    outbound.deliver_due(_drain_seconds(), _batches_per_task())
+
+
+def _drain_seconds() -> float:
+    return getattr(settings, "QUEUE_DRAIN_SECONDS", 10.0)
 
 
 @shared_task(name="delivery.send_webhooks", ignore_result=True)

@@ -41,12 +41,14 @@ def forget_remembered_domains():
 def no_delivery_lanes_left():
     """A test that delivered to several destinations at once leaves delivery threads with
     database connections open (PostgreSQL would refuse to drop the test database under them),
-    and connections parked by one test must not serve the next one."""
+    and connections parked by one test must not serve the next one; nor may a kick one test's
+    mail left waiting for its interval reach the broker during the next."""
     yield
-    from delivery import outbound
+    from delivery import outbound, queue
 
     outbound.stop_lanes()
     outbound.close_parked()
+    queue.cancel_pending_kick()
 
 
 @pytest.fixture

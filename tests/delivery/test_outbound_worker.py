@@ -117,3 +117,69 @@ def test_sweeps_and_kicks_that_wait_too_long_for_a_worker_are_dropped_unrun(db, 
     assert task == "delivery.dispatch_due" and expires is not None
     sweep = settings.CELERY_BEAT_SCHEDULE["delivery-dispatch-due"]
     assert sweep["options"]["expires"] == sweep["schedule"] == settings.QUEUE_SWEEP_INTERVAL
+
+
+@pytest.fixture
+def kicks_published():
+    from celery.signals import before_task_publish
+
+    published: list[float] = []
+
+    def note(sender=None, **_):
+        if sender == "delivery.dispatch_due":
+            published.append(time.monotonic())
+
+    before_task_publish.connect(note)
+    yield published
+    before_task_publish.disconnect(note)
+
+
+def test_mail_queued_while_kicks_are_throttled_gets_one_kick_when_the_interval_ends(monkeypatch, settings,
+                                                                                     kicks_published):
+    """Without it the last messages of a burst waited for a worker still draining, or else for
+    the beat sweep, seconds away."""
+    from delivery import queue
+
+    settings.QUEUE_KICK_INTERVAL = 0.3
+    monkeypatch.setattr(queue, "_last_kick", 0.0)
+    start = time.monotonic()
+    for _ in range(5):
+        queue.kick()
+    assert len(kicks_published) == 1, "the first at once"
+    deadline = time.monotonic() + 5
+    while len(kicks_published) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(kicks_published) == 2, "one more for the four throttled, when the interval ends"
+    assert kicks_published[1] - start >= 0.25
+    time.sleep(0.5)
+    assert len(kicks_published) == 2, "not one per message"
+    queue.kick()
+    assert len(kicks_published) == 3, "the interval is over: at once again"
+
+
+def test_a_child_forked_while_a_kick_waited_for_its_interval_still_kicks(monkeypatch, settings):
+    """runsmtp forks its copies: a timer of the parent's does not run in the child, so the child
+    must not take it for a kick on its way."""
+    from delivery import queue
+
+    settings.QUEUE_KICK_INTERVAL = 0.2
+    monkeypatch.setattr(queue, "_last_kick", 0.0)
+    sent = []
+    monkeypatch.setattr(queue, "_send_kick", lambda: sent.append(os.getpid()))
+    queue.kick()
+    queue.kick()  # now a timer waits in this process
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: kick while throttled, then report whether a kick went out
+        try:
+            queue.kick()
+            time.sleep(0.6)
+            os.write(write, b"1" if os.getpid() in sent else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.waitpid(pid, 0)
+        os.close(read)
