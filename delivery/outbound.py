@@ -581,6 +581,20 @@ def _deliver_lane(run: str, work: _Destinations, in_flight: _InFlight) -> None:
             park(conn, relay=key[-1])
 
 
+def claim_round(batches: int) -> tuple[str, int]:
+    """Lease up to `batches` due batches straight to a new run of this worker's, marked in
+    flight; returns the run and how many batches it holds (0: nothing was due)."""
+    run = secrets.token_hex(12)
+    return run, len(claim_due(max_batches=batches, run=run))
+
+
+def deliver_claimed(run: str) -> int:
+    """Deliver what `claim_round` leased to `run`; returns how many recipient rows it held."""
+    rows = rows_of(run)
+    deliver_batch(run, rows, marked=True)
+    return len(rows)
+
+
 def deliver_due(seconds: float, batches: int) -> int:
     """Claim and deliver what is due, a few batches at a time, until nothing is or time is up.
 
@@ -592,14 +606,12 @@ def deliver_due(seconds: float, batches: int) -> int:
     deadline = time.monotonic() + seconds
     done = 0
     while time.monotonic() < deadline:
-        run = secrets.token_hex(12)
-        tokens = claim_due(max_batches=batches, run=run)
-        if not tokens:
+        run, claimed = claim_round(batches)
+        if not claimed:
             break
-        rows = rows_of(run)
-        deliver_batch(run, rows, marked=True)
-        done += len(tokens)
-        if len(tokens) < batches or len(rows) < DRAIN_GATHER_ROWS:
+        rows = deliver_claimed(run)
+        done += claimed
+        if claimed < batches or rows < DRAIN_GATHER_ROWS:
             # The queue is (nearly) drained: let a little mail gather rather than pay a whole
             # claim for every message or two that arrives.
             time.sleep(DRAIN_GATHER_SECONDS)

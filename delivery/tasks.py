@@ -9,8 +9,6 @@ rest. Those tasks carry no leases: a lost one costs nothing, the rows stay claim
 
 from __future__ import annotations
 
-import secrets
-
 from celery import shared_task
 from django.conf import settings
 
@@ -37,15 +35,14 @@ def dispatch_due() -> int:
     """
     tasks = max(1, getattr(settings, "QUEUE_DISPATCH_TASKS", 4))
     per_task = _batches_per_task()
-    run = secrets.token_hex(12)
-    tokens = queue.claim_due(max_batches=per_task, run=run)
-    if not tokens:
+    run, claimed = outbound.claim_round(per_task)
+    if not claimed:
         return 0
-    if len(tokens) >= per_task:
+    if claimed >= per_task:
         for _ in range(tasks - 1):
             deliver.apply_async(([],), ignore_result=True, expires=queue.KICK_EXPIRES)
-    outbound.deliver_batch(run, queue.rows_of(run), marked=True)
-    return len(tokens) + outbound.deliver_due(_drain_seconds(), per_task)
+    outbound.deliver_claimed(run)
+    return claimed + outbound.deliver_due(_drain_seconds(), per_task)
 
 
 @shared_task(name="delivery.deliver", ignore_result=True)

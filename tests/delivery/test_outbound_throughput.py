@@ -285,53 +285,33 @@ def test_a_runs_rows_come_from_a_statement_compiled_once_and_equal_what_the_quer
     assert [r.pk for r in queue.rows_of("run-1")] == [r.pk for r in expected]
 
 
-def test_a_sweep_delivers_its_first_share_itself_instead_of_through_the_broker(bob, sink, settings):
+def test_a_sweep_delivers_its_first_share_itself_instead_of_through_the_broker(bob, sink, settings,
+                                                                                published_tasks):
     """A kick means "deliver now": no broker round trip for the first share, and kicks piled up
     behind a long drain no longer lease rows to tasks that wait behind the other kicks."""
-    from celery.signals import before_task_publish
-
     from delivery import tasks
 
     settings.QUEUE_DISPATCH_TASKS = 1
     message = enqueue("bob@example.org", ["a@remote.test"], MESSAGE)
-    published = []
-
-    def note(sender=None, **_):
-        published.append(sender)
-
-    before_task_publish.connect(note)
-    try:
-        assert tasks.dispatch_due() == 1
-    finally:
-        before_task_publish.disconnect(note)
-    assert published == [], "nothing went to the broker"
+    assert tasks.dispatch_due() == 1
+    assert published_tasks == [], "nothing went to the broker"
     assert len(sink.wait_for(1)) == 1 and message.recipients.get().state == State.DELIVERED
 
 
 def test_the_tasks_a_sweep_sends_for_the_rest_carry_no_rows_so_a_draining_worker_can_take_them(bob, sink,
-                                                                                              settings):
+                                                                                              settings,
+                                                                                              published_tasks):
     """Rows leased to a task still waiting in the broker (behind the kicks that piled up while
     every worker drained) were out of reach of the draining workers: the last messages of a
     burst waited up to a second after everything else had gone."""
-    from celery.signals import before_task_publish
-
     from delivery import tasks
 
     settings.QUEUE_DISPATCH_TASKS, settings.QUEUE_BATCHES_PER_TASK = 2, 1
     settings.QUEUE_DRAIN_SECONDS = 0  # the sweep delivers its own share and stops there
     first = enqueue("bob@example.org", ["a@remote.test"], MESSAGE)
     second = enqueue("bob@example.org", ["b@other.remote"], MESSAGE)
-    published = []
-
-    def note(sender=None, body=None, headers=None, **_):
-        published.append((sender, body[0], headers.get("expires")))
-
-    before_task_publish.connect(note)
-    try:
-        assert tasks.dispatch_due() == 1
-    finally:
-        before_task_publish.disconnect(note)
-    [(task, args, expires)] = published
+    assert tasks.dispatch_due() == 1
+    [(task, args, expires)] = [(p.task, p.args, p.expires) for p in published_tasks]
     assert (task, args) == ("delivery.deliver", ([],)), "a wake-up for one more worker, with no rows"
     assert expires is not None, "dropped unrun when every worker is busy"
     delivered, waiting = sorted([first.recipients.get(), second.recipients.get()],
@@ -343,24 +323,13 @@ def test_the_tasks_a_sweep_sends_for_the_rest_carry_no_rows_so_a_draining_worker
     assert waiting.state == State.DELIVERED and len(sink.messages) == 2
 
 
-def test_a_sweep_with_less_than_one_tasks_share_wakes_no_other_worker(bob, sink, settings):
-    from celery.signals import before_task_publish
-
+def test_a_sweep_with_less_than_one_tasks_share_wakes_no_other_worker(bob, sink, settings, published_tasks):
     from delivery import tasks
 
     settings.QUEUE_DISPATCH_TASKS, settings.QUEUE_BATCHES_PER_TASK = 4, 10
     message = enqueue("bob@example.org", ["a@remote.test", "b@other.remote"], MESSAGE)
-    published = []
-
-    def note(sender=None, **_):
-        published.append(sender)
-
-    before_task_publish.connect(note)
-    try:
-        assert tasks.dispatch_due() == 2
-    finally:
-        before_task_publish.disconnect(note)
-    assert published == []
+    assert tasks.dispatch_due() == 2
+    assert published_tasks == []
     assert {r.state for r in message.recipients.all()} == {State.DELIVERED}
 
 
