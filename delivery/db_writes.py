@@ -39,6 +39,8 @@ from contextlib import contextmanager, nullcontext
 
 from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection, connections, models, transaction
 
+from mailhost.threads import name_native_thread
+
 log = logging.getLogger("mailhost.smtp")
 MAX_BATCH = 500
 BOOKKEEPING_DELAY = 0.2
@@ -470,6 +472,7 @@ class Writer(threading.Thread):
         self.syncer = Syncer()
 
     def run(self) -> None:
+        name_native_thread()
         self.syncer.start()
         try:
             while True:
@@ -571,6 +574,7 @@ class Syncer(threading.Thread):
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
 
     def run(self) -> None:
+        name_native_thread()
         while True:
             pending = [self.queue.get()]
             while True:

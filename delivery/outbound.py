@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import connection, connections
 
 from mailhost.addresses import AddressError, normalize_domain
+from mailhost.threads import name_native_thread
 
 from . import mta_sts, routing
 from .models import QueuedRecipient, Suppression
@@ -471,6 +472,7 @@ class _Lanes:
     def _serve(self) -> None:
         from .db_writes import refresh_connection
 
+        name_native_thread()
         try:
             while (job := self.jobs.get()) is not None:
                 future, fn, args = job

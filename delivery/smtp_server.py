@@ -22,6 +22,8 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope
 from django.conf import settings
 from django.db import connections
 
+from mailhost.threads import name_native_thread
+
 from . import db_writes, listening, rate_limits, replies, sender_checks, smtp_auth, smtp_policy, smtp_transaction, tls
 
 log = logging.getLogger("mailhost.smtp")
@@ -347,7 +349,8 @@ async def serve(listeners: list[Listener], *, ready=None, sockets: dict[str, lis
         sockets = {listener.name: listening.bind(listener.host, listener.port) for listener in listeners}
     loop = asyncio.get_running_loop()
     keep_database_connections()
-    executor = ThreadPoolExecutor(max_workers=settings.SMTP_WORKER_THREADS, thread_name_prefix="smtp-work")
+    executor = ThreadPoolExecutor(max_workers=settings.SMTP_WORKER_THREADS, thread_name_prefix="smtp-work",
+                                  initializer=name_native_thread)
     loop.set_default_executor(executor)
     db_writes.start()
     sender_checks.use_configured_resolvers()

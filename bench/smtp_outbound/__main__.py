@@ -1,7 +1,7 @@
 """bench/smtp_outbound: end-to-end outbound throughput, mailhost vs a private Postfix.
 
     .venv/bin/python bench/smtp_outbound [--messages 5000] [--rounds 3] [--domains 50] [--clients 4]
-        [--processes N] [--concurrency N] [--no-opendkim] [--timeline]
+        [--processes N] [--concurrency N] [--no-opendkim] [--timeline] [--threads]
 
 mailhost: authenticated submission (runsmtp --submission, STARTTLS + AUTH PLAIN) -> queue rows
 -> Celery worker with beat (DKIM-signed at enqueue, MX looked up in a loopback nsd serving 50
@@ -27,7 +27,8 @@ does not verify, the bench exits non-zero without printing figures. Its msg/s an
 mailhost/(postfix + opendkim) follow the headline ratio, which stays mailhost vs the plain Postfix.
 
 Then the DKIM RSA signing cost: mailhost's (OpenSSL through `cryptography`) vs dkimpy's pure-Python
-RSA.
+RSA. --threads adds, for every round, mailhost's CPU a message by thread as the kernel counts it
+(the services name their threads for the OS: mailhost/threads.py).
 Everything stays on loopback; every loop is bounded by count and time.
 """
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -45,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -207,6 +210,32 @@ def group_cpu_seconds(pgid: int) -> float:
         if int(fields[2]) == pgid:
             total += int(fields[11]) + int(fields[12])  # utime + stime
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pgid: int) -> Counter:
+    """CPU time of the threads of one process group, by the name the service gave each thread
+    (mailhost/threads.py) without its number: `smtp-work_0` and `smtp-work_1` count together.
+    Threads the services leave unnamed show as their process's name (`python`, `celery`)."""
+    seconds: Counter = Counter()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat[stat.rfind(")") + 2:].split()[2]) != pgid:
+                continue
+            tasks = os.listdir(f"/proc/{entry}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                stat = Path(f"/proc/{entry}/task/{task}/stat").read_text()
+            except OSError:
+                continue
+            name = re.sub(r"[-_]?\d+$", "", stat[stat.find("(") + 1:stat.rfind(")")])
+            fields = stat[stat.rfind(")") + 2:].split()
+            seconds[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int, concurrency: int,
@@ -570,8 +599,15 @@ def run_round(args, workdir: Path, dns, sink: CountingSink, procs: list) -> Roun
                                                args.processes, procs)
     time.sleep(3)  # let the worker connect to the broker
     before = group_cpu_seconds(smtp.pid), group_cpu_seconds(worker.pid)
+    threads_before = [thread_cpu_seconds(p.pid) for p in (smtp, worker)] if args.threads else []
     sink.keep_next()
     ours = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink, args.timeline)
+    for service, p, earlier in zip(("runsmtp", "worker"), (smtp, worker), threads_before, strict=False):
+        spent = thread_cpu_seconds(p.pid)  # threads_before is empty without --threads
+        spent.subtract(earlier)
+        print(f"  {service} threads, CPU ms/message: " + ", ".join(
+            f"{name} {value * 1000 / args.messages:.2f}" for name, value in spent.most_common() if value > 0),
+            flush=True)
     service_cpu = [(group_cpu_seconds(p.pid) - b) * 1000 / args.messages
                    for p, b in zip((smtp, worker), before, strict=True)]
     sample = sink.kept
@@ -613,6 +649,9 @@ def main() -> int:
                         help="runsmtp --processes: submission service copies sharing the port (default: cores)")
     parser.add_argument("--timeline", action="store_true",
                         help="print how many messages reached the sink in each half second of every run")
+    parser.add_argument("--threads", action="store_true",
+                        help="print the CPU of mailhost's services a message by thread (event loop, sessions, "
+                             "group commit, sync, delivery lanes) for every round")
     parser.add_argument("--opendkim", action=argparse.BooleanOptionalAction, default=None,
                         help=f"a third run: Postfix signing via an OpenDKIM milter (default: when {OPENDKIM} exists)")
     args = parser.parse_args()
