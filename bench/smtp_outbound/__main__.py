@@ -196,19 +196,28 @@ def box_cpu_seconds() -> float:
     return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def _stat(path: str) -> tuple[str, list[str]] | None:
+    """(name, fields after it) of a /proc stat file; None when the process or thread is gone."""
+    try:
+        stat = Path(path).read_text()
+    except OSError:
+        return None
+    return stat[stat.find("(") + 1:stat.rfind(")")], stat[stat.rfind(")") + 2:].split()
+
+
+def _group_members(pgid: int) -> list[str]:
+    """The live processes of one process group (a service and the children it forked)."""
+    return [entry for entry in os.listdir("/proc")
+            if entry.isdigit() and (stat := _stat(f"/proc/{entry}/stat")) and int(stat[1][2]) == pgid]
+
+
+def _cpu_ticks(fields: list[str]) -> int:
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
 def group_cpu_seconds(pgid: int) -> float:
-    """CPU time of the live processes of one process group (a service and the children it forked)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+    """CPU time of the live processes of one process group."""
+    total = sum(_cpu_ticks(stat[1]) for pid in _group_members(pgid) if (stat := _stat(f"/proc/{pid}/stat")))
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -216,26 +225,16 @@ def thread_cpu_seconds(pgid: int) -> Counter:
     """CPU time of the threads of one process group, by the name the service gave each thread
     (mailhost/threads.py) without its number: `smtp-work_0` and `smtp-work_1` count together.
     Threads the services leave unnamed show as their process's name (`python`, `celery`)."""
-    seconds: Counter = Counter()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    ticks: Counter = Counter()
+    for pid in _group_members(pgid):
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            if int(stat[stat.rfind(")") + 2:].split()[2]) != pgid:
-                continue
-            tasks = os.listdir(f"/proc/{entry}/task")
+            tasks = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
         for task in tasks:
-            try:
-                stat = Path(f"/proc/{entry}/task/{task}/stat").read_text()
-            except OSError:
-                continue
-            name = re.sub(r"[-_]?\d+$", "", stat[stat.find("(") + 1:stat.rfind(")")])
-            fields = stat[stat.rfind(")") + 2:].split()
-            seconds[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return seconds
+            if stat := _stat(f"/proc/{pid}/task/{task}/stat"):
+                ticks[re.sub(r"[-_]?\d+$", "", stat[0])] += _cpu_ticks(stat[1])
+    return Counter({name: n / os.sysconf("SC_CLK_TCK") for name, n in ticks.items()})
 
 
 def setup_mailhost(workdir: Path, dns, sink: CountingSink, domains: int, concurrency: int,
@@ -602,12 +601,13 @@ def run_round(args, workdir: Path, dns, sink: CountingSink, procs: list) -> Roun
     threads_before = [thread_cpu_seconds(p.pid) for p in (smtp, worker)] if args.threads else []
     sink.keep_next()
     ours = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink, args.timeline)
-    for service, p, earlier in zip(("runsmtp", "worker"), (smtp, worker), threads_before, strict=False):
-        spent = thread_cpu_seconds(p.pid)  # threads_before is empty without --threads
-        spent.subtract(earlier)
-        print(f"  {service} threads, CPU ms/message: " + ", ".join(
-            f"{name} {value * 1000 / args.messages:.2f}" for name, value in spent.most_common() if value > 0),
-            flush=True)
+    if args.threads:
+        for service, p, earlier in zip(("runsmtp", "worker"), (smtp, worker), threads_before, strict=True):
+            spent = thread_cpu_seconds(p.pid)
+            spent.subtract(earlier)
+            print(f"  {service} threads, CPU ms/message: " + ", ".join(
+                f"{name} {value * 1000 / args.messages:.2f}" for name, value in spent.most_common() if value > 0),
+                flush=True)
     service_cpu = [(group_cpu_seconds(p.pid) - b) * 1000 / args.messages
                    for p, b in zip((smtp, worker), before, strict=True)]
     sample = sink.kept
