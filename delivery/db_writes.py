@@ -221,12 +221,13 @@ def column_index(model, name: str) -> int:
 
 def insert_values(model, rows: list[list], *, returning_pk: bool = False) -> int | None:
     """INSERT rows made by `row_values`; with `returning_pk` (one row) the new primary key."""
-    _, sql = _insert_sql(model, connection.vendor)
+    conn = connections[DEFAULT_DB_ALIAS]
+    _, sql = _insert_sql(model, conn.vendor)
     if not returning_pk:
-        _statement(sql, rows, many=True).close()
+        _statement(sql, rows, many=True, conn=conn).close()
         return None
     (row,) = rows
-    cursor = _statement(f"{sql} RETURNING {connection.ops.quote_name(model._meta.pk.column)}", row)
+    cursor = _statement(f"{sql} RETURNING {conn.ops.quote_name(model._meta.pk.column)}", row, conn=conn)
     try:
         return cursor.fetchone()[0]
     finally:
@@ -246,7 +247,7 @@ def _executemany(sql: str, params: list) -> None:
     _statement(sql, params, many=True).close()
 
 
-def _statement(sql: str, params, *, many: bool = False):
+def _statement(sql: str, params, *, many: bool = False, conn=None):
     """Run one statement in this thread's connection and transaction; return its open cursor.
 
     On PostgreSQL a plain psycopg cursor: Django's psycopg cursors bind client-side (every value
@@ -258,15 +259,19 @@ def _statement(sql: str, params, *, many: bool = False):
     come out as Django's (and mark the connection as Django's own cursor would). While Django records
     queries (DEBUG, a test capturing them) or someone wraps execution, its cursor runs them, so
     they are seen.
+
+    `conn`: this thread's connection when the caller has it already. Each lookup of it (and
+    each attribute read through `django.db.connection`) goes through asgiref's context-local
+    storage, ~3 us alone on a slow box: a group commit made a dozen of them.
     """
-    conn = connections[DEFAULT_DB_ALIAS]
+    conn = conn or connections[DEFAULT_DB_ALIAS]
     if conn.vendor == "postgresql":
         import psycopg
 
-        conn.ensure_connection()
+        _ensure_connection(conn)
         cursor = psycopg.Cursor(conn.connection)
     elif conn.vendor == "sqlite" and not conn.queries_logged and not conn.execute_wrappers:
-        conn.ensure_connection()
+        _ensure_connection(conn)
         cursor, sql = conn.connection.cursor(), _qmark(sql)
     else:
         cursor = conn.cursor()
@@ -277,6 +282,13 @@ def _statement(sql: str, params, *, many: bool = False):
         cursor.close()
         raise
     return cursor
+
+
+def _ensure_connection(conn) -> None:
+    """conn.ensure_connection() when there is none: Django's checks on every call (the async
+    guard reads os.environ) cost more than a statement's own Python."""
+    if conn.connection is None:
+        conn.ensure_connection()
 
 
 _FORMAT_PLACEHOLDER = re.compile(r"(?<!%)%s")
@@ -305,19 +317,29 @@ def atomic_unflushed():
     before BEGIN and put back after; PostgreSQL takes it per transaction. Inside a caller's
     transaction nothing changes: that transaction's commit decides.
     """
-    if connection.in_atomic_block:
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.in_atomic_block:
         with transaction.atomic():
             yield
         return
-    if connection.vendor == "sqlite":
-        with _sqlite_commits_unsynced(), transaction.atomic():
+    if conn.vendor == "sqlite":
+        with _sqlite_commits_unsynced(conn), transaction.atomic():
             yield
         return
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
+        if conn.vendor == "postgresql":
+            with conn.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
         yield
+
+
+def atomic_unless_in_one():
+    """transaction.atomic() where the caller is outside any transaction; inside one (the SMTP
+    service's group commit) nothing, as its statements already commit or fail together there:
+    a nested block without a savepoint costs as much Python as the INSERTs it wraps."""
+    if connections[DEFAULT_DB_ALIAS].in_atomic_block:
+        return nullcontext()
+    return transaction.atomic()
 
 
 @contextmanager
@@ -364,39 +386,59 @@ def atomic_sync_deferred(wal: UnsyncedLog | None = None):
     raised once `wal.committed` is set came after the commit: retrying the writes would make
     them twice."""
     wal = wal or UnsyncedLog()
-    if connection.in_atomic_block or connection.vendor != "sqlite":
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.in_atomic_block or conn.vendor != "sqlite":
         with transaction.atomic():
             yield wal
         wal.committed = True
         return
-    with _sqlite_commits_unsynced(), transaction.atomic():
+    with _sqlite_commits_unsynced(conn), transaction.atomic():
         yield wal
     wal.committed = True
-    wal.fd = connection.wal_descriptor_copy()
+    wal.fd = conn.wal_descriptor_copy()
+
+
+_NORMAL = 1     # what `PRAGMA synchronous` reads for NORMAL
+
+
+def keep_commits_unsynced() -> None:
+    """For a thread whose every commit is synced by hand after it (the SMTP service's writer):
+    its connection stays at synchronous=NORMAL between transactions instead of being lowered
+    and put back around each one, two statements a group commit."""
+    connections[DEFAULT_DB_ALIAS]._mailhost_rests_unsynced = True
 
 
 @contextmanager
-def _sqlite_commits_unsynced():
+def _sqlite_commits_unsynced(conn):
     """synchronous=NORMAL for the transaction inside (WAL mode: no sync at COMMIT), then the
-    connection's own level again. SQLite sets it per connection and not inside a transaction."""
-    # The connection's own level, read once per connection (a statement per delivery).
-    connection.ensure_connection()
-    known = getattr(connection, "_mailhost_sync_level", None)
-    if known is None or known[0] != id(connection.connection):
-        cursor = _statement("PRAGMA synchronous", [])
-        known = connection._mailhost_sync_level = (id(connection.connection), cursor.fetchone()[0])
+    connection's own level again. SQLite sets it per connection and not inside a transaction.
+
+    The connection is looked up once for the whole transaction: through `django.db.connection`
+    every attribute read is a lookup in asgiref's context-local storage, and with them this
+    wrapper cost more than the transaction it wraps."""
+    _ensure_connection(conn)
+    raw = id(conn.connection)
+    # (which sqlite3 connection, its own level, its level now): read once per connection.
+    known = conn.__dict__.get("_mailhost_sync_level")
+    if known is None or known[0] != raw:
+        cursor = _statement("PRAGMA synchronous", [], conn=conn)
+        level = cursor.fetchone()[0]
         cursor.close()
-    level = known[1]
-    _statement("PRAGMA synchronous=NORMAL", []).close()
+        known = (raw, level, level)
+    if known[2] != _NORMAL:
+        _statement("PRAGMA synchronous=NORMAL", [], conn=conn).close()
+    conn._mailhost_sync_level = (raw, known[1], _NORMAL)
     try:
         yield
     finally:
-        try:
-            _statement(f"PRAGMA synchronous={int(level)}", []).close()
-        except Exception:
-            # Never leave a connection that skips the flush behind: a fresh one starts synced.
-            connection.close()
-            raise
+        if not conn.__dict__.get("_mailhost_rests_unsynced") and known[1] != _NORMAL:
+            try:
+                _statement(f"PRAGMA synchronous={int(known[1])}", [], conn=conn).close()
+                conn._mailhost_sync_level = (raw, known[1], known[1])
+            except Exception:
+                # Never leave a connection that skips the flush behind: a fresh one starts synced.
+                conn.close()
+                raise
 
 
 _last_check = threading.local()
@@ -473,6 +515,7 @@ class Writer(threading.Thread):
 
     def run(self) -> None:
         name_native_thread()
+        keep_commits_unsynced()     # every commit here goes to the syncer (or is carried by the next)
         self.syncer.start()
         try:
             while True:

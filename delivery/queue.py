@@ -71,9 +71,9 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
     message_column = db_writes.column_index(QueuedRecipient, "message")
 
     def insert() -> QueuedMessage:
-        # savepoint=False: inside the SMTP service's group commit a failure fails the whole
-        # group, which db_writes then retries write by write; alone it is a plain transaction.
-        with transaction.atomic(savepoint=False):
+        # Inside the SMTP service's group commit a failure fails the whole group, which
+        # db_writes then retries write by write; alone it is a plain transaction.
+        with db_writes.atomic_unless_in_one():
             message.pk = db_writes.insert_values(QueuedMessage, message_values, returning_pk=True)
             for values in rcpt_values:
                 values[message_column] = message.pk

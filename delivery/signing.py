@@ -135,8 +135,7 @@ def signature_header(data: bytes, key: DkimKey) -> bytes:
     value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(b"DKIM-Signature"))
     sig_header = (b"DKIM-Signature", b" " + value)
     collected = _Collect()
-    dkim.hash_headers(collected, canon, canon.canonicalize_headers(headers), include, sig_header,
-                      dict(fields))
+    dkim.hash_headers(collected, canon, relaxed_headers(headers), include, sig_header, dict(fields))
     signature = base64.b64encode(_raw_sign(key, bytes(collected.data)))
     folded_b = b"\r\n\t".join(signature[i:i + 72] for i in range(0, len(signature), 72))
     return b"DKIM-Signature: " + value + folded_b + b"\r\n"
@@ -165,6 +164,24 @@ def relaxed_body(body: bytes) -> bytes:
     if b"\t" in body or b"  " in body or b" \r\n" in body:
         return dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed").canonicalize_body(body)
     return canonicalization.correct_empty_body(canonicalization.strip_trailing_lines(body))
+
+
+def relaxed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The relaxed header canonicalization of RFC 6376 3.4.2, exactly as dkimpy computes it.
+
+    dkimpy runs two regular expressions over every header's value (unfold, then runs of
+    spaces and tabs to one space); for a value with no line break, no tab and no double space
+    both change nothing, and what is left is the strip. Only folded or oddly spaced values
+    take dkimpy's path.
+    """
+    relaxed = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    out = []
+    for name, value in headers:
+        if b"\n" in value or b"\t" in value or b"  " in value:
+            out += relaxed.canonicalize_headers([(name, value)])
+        else:
+            out.append((name.lower().rstrip(), value.strip() + b"\r\n"))
+    return out
 
 
 class _Collect:

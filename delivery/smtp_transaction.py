@@ -76,6 +76,8 @@ def received_header(tx: Transaction, recipient: str | None) -> bytes:
 
 
 def _printable(text: str) -> str:
+    if text.isprintable():  # nearly always: no character to replace (CR and LF are not printable)
+        return text
     return "".join(ch if ch.isprintable() and ch not in "\r\n" else "?" for ch in text or "")
 
 

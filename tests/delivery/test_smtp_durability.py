@@ -247,6 +247,42 @@ def test_the_writer_commits_the_next_batch_while_the_disk_confirms_the_last(tran
     assert len(syncs) == 2      # the second commit waited for a sync of its own
 
 
+def test_the_writers_connection_stays_unsynced_between_its_group_commits(transactional_db):
+    """Every group commit of the SMTP service's writer is synced by its syncer (or carried to
+    disk by the next one), so its connection is not put back to FULL after each and lowered
+    again before the next: two statements a commit fewer. Anyone else's connection is."""
+    from django.db import connection
+
+    from delivery import db_writes
+    from delivery.models import MessageLog
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL relaxes the flush per transaction, with no statement around it")
+    ran = []
+
+    def trace_the_writer():
+        connection.connection.set_trace_callback(ran.append)
+
+    def untrace_the_writer():
+        connection.connection.set_trace_callback(None)
+        return flushing(connection)
+
+    db_writes.start()
+    try:
+        db_writes.run(trace_the_writer)
+        for n in range(3):
+            db_writes.run(lambda n=n: MessageLog.objects.create(direction="submission", result="accepted",
+                                                                 queue_id=f"REST{n}"))
+        writer_flushing = db_writes.run(untrace_the_writer)
+    finally:
+        db_writes.stop()
+    assert [sql for sql in ran if sql.startswith("BEGIN")] == ["BEGIN IMMEDIATE"] * 4
+    assert not [sql for sql in ran if sql.startswith("PRAGMA synchronous=")]
+    assert not writer_flushing
+    assert committed_queue_ids("REST") == {"REST0", "REST1", "REST2"}
+    assert flushing(connection)     # this thread's connection: every commit waits for the disk
+
+
 def test_bookkeeping_that_nobody_waits_for_is_not_synced_by_itself(transactional_db, monkeypatch):
     import os
 

@@ -1,6 +1,6 @@
 """The SMTP service reads the common shapes of MAIL/RCPT paths and From: headers without the
-email package's parser, the signer canonicalizes ordinary bodies without dkimpy's regular
-expressions, and queue rows become column values without Django's field layers. Those
+email package's parser, the signer canonicalizes ordinary bodies and headers without dkimpy's
+regular expressions, and queue rows become column values without Django's field layers. Those
 shortcuts must give exactly the slow path's answer, or defer to it."""
 
 import datetime as dt
@@ -13,7 +13,7 @@ from django.db import connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delivery import db_writes, signing, smtp_policy
+from delivery import db_writes, signing, smtp_policy, smtp_transaction
 from delivery.models import MessageLog, QueuedMessage, QueuedRecipient
 from delivery.smtp_server import MailSMTP
 
@@ -125,6 +125,19 @@ def test_the_dkim_body_canonicalization_is_dkimpys_for_any_body(pieces):
 def test_the_dkim_body_canonicalization_handles_the_edges_as_dkimpy_does(body):
     relaxed = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
     assert signing.relaxed_body(body) == relaxed.canonicalize_body(body)
+
+
+HEADER_VALUE_PIECES = [b"a", b"word", b" ", b"  ", b"\t", b"\r\n", b"\r\n ", b"\r\n\t", b"\r", b"\n", b"\x0b",
+                       b"\xc3\xbc"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([b"Subject", b"FROM", b"To ", b"x-Tag\t"]),
+       st.lists(st.sampled_from(HEADER_VALUE_PIECES), max_size=20))
+def test_the_dkim_header_canonicalization_is_dkimpys_for_any_header(name, pieces):
+    headers = [(name, b"".join(pieces)), (b"Date", b" Tue, 24 Nov 2026 17:00:00 +0000\r\n")]
+    relaxed = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+    assert signing.relaxed_headers(headers) == relaxed.canonicalize_headers(headers)
 
 
 @settings(max_examples=500, deadline=None)
@@ -265,3 +278,11 @@ def test_bytes_that_are_not_utf8_are_told_apart_from_text_that_is(text):
     except UnicodeEncodeError:
         valid = False
     assert smtp_policy.is_valid_utf8(text) == valid
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("client.example", "client.example"), ("evil\r\nBcc: x", "evil??Bcc: x"), ("nul\x00", "nul?"),
+    ("del\x7f", "del?"), ("tab\there", "tab?here"), ("", ""), ("ünïcode", "ünïcode"),
+])
+def test_the_received_header_shows_printable_text_as_it_is_and_replaces_the_rest(text, shown):
+    assert smtp_transaction._printable(text) == shown
