@@ -417,10 +417,11 @@ def _sqlite_commits_unsynced(conn):
     every attribute read is a lookup in asgiref's context-local storage, and with them this
     wrapper cost more than the transaction it wraps."""
     _ensure_connection(conn)
-    raw = id(conn.connection)
-    # (which sqlite3 connection, its own level, its level now): read once per connection.
+    raw = conn.connection
+    # (which sqlite3 connection, its own level, its level now): read once per connection. The
+    # connection itself, not its id(): a reopened one may get the closed one's address.
     known = conn.__dict__.get("_mailhost_sync_level")
-    if known is None or known[0] != raw:
+    if known is None or known[0] is not raw:
         cursor = _statement("PRAGMA synchronous", [], conn=conn)
         level = cursor.fetchone()[0]
         cursor.close()

@@ -283,6 +283,38 @@ def test_the_writers_connection_stays_unsynced_between_its_group_commits(transac
     assert flushing(connection)     # this thread's connection: every commit waits for the disk
 
 
+def test_a_connection_that_rests_unsynced_is_lowered_again_once_reopened(transactional_db):
+    """The writer's connection is reopened when it breaks or grows old; the new one starts at
+    the configured FULL and must be lowered before its first group commit like the first."""
+    import threading
+
+    from django.db import connection
+
+    from delivery import db_writes
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's per-connection synchronous")
+    seen = []
+
+    def writer_like():
+        db_writes.keep_commits_unsynced()
+        try:
+            for _ in range(3):
+                wal = db_writes.UnsyncedLog()
+                with db_writes.atomic_sync_deferred(wal):
+                    pass
+                wal.sync()
+                seen.append(flushing(connection))
+                connection.close()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=writer_like)
+    thread.start()
+    thread.join(30)
+    assert seen == [False, False, False]
+
+
 def test_bookkeeping_that_nobody_waits_for_is_not_synced_by_itself(transactional_db, monkeypatch):
     import os
 
