@@ -162,7 +162,7 @@ def relaxed_body(body: bytes) -> bytes:
     before a line end, and for it both passes change nothing, so they are skipped.
     """
     if b"\t" in body or b"  " in body or b" \r\n" in body:
-        return dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed").canonicalize_body(body)
+        return canonicalization.Relaxed.canonicalize_body(body)
     return canonicalization.correct_empty_body(canonicalization.strip_trailing_lines(body))
 
 
@@ -174,11 +174,10 @@ def relaxed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
     both change nothing, and what is left is the strip. Only folded or oddly spaced values
     take dkimpy's path.
     """
-    relaxed = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
     out = []
     for name, value in headers:
         if b"\n" in value or b"\t" in value or b"  " in value:
-            out += relaxed.canonicalize_headers([(name, value)])
+            out += canonicalization.Relaxed.canonicalize_headers([(name, value)])
         else:
             out.append((name.lower().rstrip(), value.strip() + b"\r\n"))
     return out

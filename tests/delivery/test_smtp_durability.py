@@ -257,7 +257,7 @@ def test_the_writers_connection_stays_unsynced_between_its_group_commits(transac
     from delivery.models import MessageLog
 
     if connection.vendor != "sqlite":
-        pytest.skip("PostgreSQL relaxes the flush per transaction, with no statement around it")
+        pytest.skip("SQLite only: PostgreSQL has no per-connection synchronous level for the writer to keep")
     ran = []
 
     def trace_the_writer():
@@ -293,7 +293,7 @@ def test_a_connection_that_rests_unsynced_is_lowered_again_once_reopened(transac
     from delivery import db_writes
 
     if connection.vendor != "sqlite":
-        pytest.skip("SQLite's per-connection synchronous")
+        pytest.skip("SQLite only: PostgreSQL has no per-connection synchronous level to lower again")
     seen = []
 
     def writer_like():
