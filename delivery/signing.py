@@ -56,18 +56,23 @@ def _header_block(data: bytes) -> bytes:
     return data if end < 0 else data[: end + 2]
 
 
+@lru_cache(maxsize=64)
+def _header_pattern(name: str, value: bool) -> re.Pattern:
+    """Compiled once per name: `re`'s own cache still costs building the pattern text first."""
+    tail = rb"[ \t]*:(.*(?:\r\n[ \t].*)*)" if value else rb"[ \t]*:"
+    return re.compile(rb"^" + re.escape(name.encode()) + tail, re.IGNORECASE | re.MULTILINE)
+
+
 def has_header(data: bytes, name: str) -> bool:
-    pattern = re.compile(rb"^" + re.escape(name.encode()) + rb"[ \t]*:", re.IGNORECASE | re.MULTILINE)
-    return pattern.search(_header_block(data)) is not None
+    return _header_pattern(name, False).search(_header_block(data)) is not None
 
 
 def header_value(data: bytes, name: str) -> str:
     """The first `name:` header, unfolded, as text (undecoded): for decisions, not for display."""
-    match = re.search(rb"^" + re.escape(name.encode()) + rb"[ \t]*:(.*(?:\r\n[ \t].*)*)",
-                      _header_block(data), re.IGNORECASE | re.MULTILINE)
+    match = _header_pattern(name, True).search(_header_block(data))
     if not match:
         return ""
-    return re.sub(r"\r\n", "", match.group(1).decode("utf-8", "replace")).strip()
+    return match.group(1).decode("utf-8", "replace").replace("\r\n", "").strip()
 
 
 def prepare(data: bytes) -> bytes:
@@ -135,7 +140,12 @@ def signature_header(data: bytes, key: DkimKey) -> bytes:
     value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(b"DKIM-Signature"))
     sig_header = (b"DKIM-Signature", b" " + value)
     collected = _Collect()
-    dkim.hash_headers(collected, canon, relaxed_headers(headers), include, sig_header, dict(fields))
+    # Only the headers named in h= are canonicalized: the rest (the Received: line we
+    # prepend is folded, so it took dkimpy's regular expressions) are never hashed.
+    # select_headers then picks from them exactly as from all of them: order is kept.
+    wanted = set(include)
+    signed = [header for header in headers if header[0].lower().rstrip() in wanted]
+    dkim.hash_headers(collected, canon, relaxed_headers(signed), include, sig_header, dict(fields))
     signature = base64.b64encode(_raw_sign(key, bytes(collected.data)))
     folded_b = b"\r\n\t".join(signature[i:i + 72] for i in range(0, len(signature), 72))
     return b"DKIM-Signature: " + value + folded_b + b"\r\n"
