@@ -28,6 +28,7 @@ AUTH_THROTTLED = "454 4.7.0 Too many failed logins from your network, try again 
 AUTH_NOT_ON_MX = "503 5.5.1 AUTH is not available on this port; use submission (587 or 465)"
 AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_ALREADY = "503 5.5.1 Already authenticated"
+TLS_ALREADY_ACTIVE = "503 5.5.1 TLS is already active"
 AUTH_ABORTED = "501 5.7.0 Authentication aborted"
 AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode base64"
 AUTH_BAD_PLAIN = "501 5.5.2 Cannot split AUTH PLAIN value"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import os
@@ -16,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from delivery import listening
-from delivery.smtp_server import Listener, serve
+from delivery.smtp_server import Listener, run_loop, serve
 
 DEFAULTS = {"inbound": "127.0.0.1:2525", "submission": "127.0.0.1:2587", "submissions": "127.0.0.1:2465"}
 
@@ -66,7 +65,7 @@ class Command(BaseCommand):
         if processes > 1:
             return self._prefork(listeners, processes)
         try:
-            asyncio.run(serve(listeners, ready=lambda: self._announce(listeners)))
+            run_loop(serve(listeners, ready=lambda: self._announce(listeners)))
         except OSError as exc:
             raise CommandError(f"cannot listen: {exc}") from exc
 
@@ -161,7 +160,7 @@ def _child(listeners: list[Listener], ready_w: int, sockets: dict[str, list], ba
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
-        asyncio.run(serve(listeners, ready=lambda: os.write(ready_w, b"r"), sockets=sockets, balance=balance))
+        run_loop(serve(listeners, ready=lambda: os.write(ready_w, b"r"), sockets=sockets, balance=balance))
     except OSError as exc:
         sys.stderr.write(f"runsmtp: cannot listen: {exc}\n")
         return 1
