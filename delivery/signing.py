@@ -180,16 +180,19 @@ def relaxed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byt
     """The relaxed header canonicalization of RFC 6376 3.4.2, exactly as dkimpy computes it.
 
     dkimpy runs two regular expressions over every header's value (unfold, then runs of
-    spaces and tabs to one space); for a value with no line break, no tab and no double space
-    both change nothing, and what is left is the strip. Only folded or oddly spaced values
-    take dkimpy's path.
+    spaces and tabs to one space); for a value with no line break but its own line's CRLF at
+    the end, no tab and no double space both change nothing but drop that CRLF, and what is
+    left is the strip. Only folded or oddly spaced values take dkimpy's path. (Until the
+    eighteenth session the CRLF that every parsed value ends with sent them all there.)
     """
     out = []
     for name, value in headers:
-        if b"\n" in value or b"\t" in value or b"  " in value:
+        # A parsed header's value ends with its line's CRLF; only what comes before it matters.
+        text = value[:-2] if value.endswith(b"\r\n") else value
+        if b"\n" in text or b"\r" in text or b"\t" in text or b"  " in text:
             out += canonicalization.Relaxed.canonicalize_headers([(name, value)])
         else:
-            out.append((name.lower().rstrip(), value.strip() + b"\r\n"))
+            out.append((name.lower().rstrip(), text.strip() + b"\r\n"))
     return out
 
 

@@ -10,6 +10,7 @@ import dkim
 import pytest
 from aiosmtpd.smtp import SMTP
 from django.db import connection
+from dkim import canonicalization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -153,6 +154,24 @@ def _signer_key():
         _SIGNER_KEY = DkimKey(domain=Domain(name="example.org"), selector="prop", private_key=private,
                               public_key=public, algorithm=DkimKey.Algorithm.RSA2048)
     return _SIGNER_KEY
+
+
+def test_ordinary_parsed_headers_skip_dkimpys_regular_expressions(monkeypatch):
+    """Every parsed value ends with its line's CRLF; that alone must not send it the slow way.
+    Only the folded DKIM-Signature header itself (and folded or oddly spaced ones) goes there."""
+    slow: list[bytes] = []
+    original = canonicalization.Relaxed.canonicalize_headers
+
+    def recorded(headers):
+        slow.extend(name for name, _ in headers)
+        return original(headers)
+
+    monkeypatch.setattr(canonicalization.Relaxed, "canonicalize_headers", staticmethod(recorded))
+    data = (b"Received: from a ([127.0.0.1])\r\n\tby b; id c\r\nFrom: Bob <bob@example.org>\r\n"
+            b"To: carol@remote.test\r\nSubject: plain\r\nCc: dan@remote.test,\r\n eve@remote.test\r\n"
+            b"MIME-Version: 1.0\r\n\r\nbody\r\n")
+    signing.signature_header(data, _signer_key())
+    assert slow == [b"Cc", b"DKIM-Signature"]
 
 
 HEADER_LINES = [b"To: carol@remote.test", b"Cc: dan@remote.test,\r\n\teve@remote.test", b"Subject: a  b",
