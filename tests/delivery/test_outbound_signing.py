@@ -100,3 +100,42 @@ def test_a_tampered_body_fails_in_both_verifiers(signing_domain, dns_server):
     tampered = data.replace(b"numbers attached", b"numbers changed!")
     assert not dkim.verify(tampered)
     assert mail_dkim_verify(tampered, dns_server.port) == ["fail"]
+
+
+def test_keys_are_loaded_without_openssls_consistency_checks_since_only_we_make_them(monkeypatch):
+    """The checks cost ~35 ms a key; keys are only ever generated here (there is no import),
+    so they are skipped. If an import path is ever added, it must validate there."""
+    from cryptography.hazmat.primitives import serialization
+
+    from domains import dkim as dkim_keys
+    from domains.models import DkimKey
+
+    seen = []
+    original = serialization.load_pem_private_key
+
+    def load(data, password, **kwargs):
+        seen.append(kwargs.get("unsafe_skip_rsa_key_validation"))
+        return original(data, password, **kwargs)
+
+    monkeypatch.setattr(serialization, "load_pem_private_key", load)
+    private, _ = dkim_keys.generate_keypair(DkimKey.Algorithm.RSA2048)
+    signing._load_key.cache_clear()
+    signing._load_key(private)
+    assert seen == [True]
+    assert not _writable_private_key_fields()
+
+
+def _writable_private_key_fields() -> list[str]:
+    """Where a user could hand us a private key: the admin form and the API's serializer."""
+    from django.contrib import admin
+
+    from api.serializers import DkimKeySerializer
+    from domains.models import DkimKey
+
+    found = []
+    if "private_key" not in (admin.site._registry[DkimKey].exclude or []):
+        found.append("admin")
+    api_field = DkimKeySerializer().get_fields().get("private_key")
+    if api_field is not None and not api_field.read_only:
+        found.append("api")
+    return found
