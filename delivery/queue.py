@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import secrets
 import threading
 import time
@@ -113,6 +114,7 @@ def kick() -> None:
     second piled up dozens of sweeps behind each draining worker, each claiming anew.
     """
     global _last_kick, _later
+    announce_queued()
     with _kick_lock:
         wait = _last_kick + settings.QUEUE_KICK_INTERVAL - time.monotonic()
         if wait > 0:
@@ -142,6 +144,64 @@ def _send_kick() -> None:
         dispatch_due.apply_async(retry=False, expires=KICK_EXPIRES)
     except Exception as exc:  # noqa: BLE001 - the sweep is the safety net
         log.warning("could not signal the queue worker: %s", exc)
+
+
+# -- a draining worker's pause ---------------------------------------------------------------
+#
+# A worker whose claim round came back short pauses DRAIN_GATHER_SECONDS so that mail gathers
+# for the next round (outbound.deliver_due). At the end of a burst that pause was what the last
+# messages waited for: 80-160 of them still queued at the last 250 took 0.2 s more to leave.
+# On SQLite every enqueue now writes a byte to a FIFO beside the database, and a pausing worker
+# looks at it every QUIET_SECONDS: while mail keeps being queued it gathers for the whole pause,
+# as before; once none has been for QUIET_SECONDS, the burst is over and it claims at once.
+# Elsewhere (PostgreSQL) the pause is the plain sleep it was.
+
+QUIET_SECONDS = 0.02
+
+
+def _queued_channel() -> int | None:
+    conn = connections[DEFAULT_DB_ALIAS]
+    if conn.vendor != "sqlite" or not hasattr(conn, "wal_descriptor_copy") or conn.is_in_memory_db():
+        return None
+    from mailhost.sqlite3.base import fifo_channel
+
+    return fifo_channel(f"{conn.settings_dict['NAME']}-queued")
+
+
+def announce_queued() -> None:
+    """Tell pausing workers that mail was just committed to the queue. Never raises: the mail
+    is queued whatever happens here."""
+    try:
+        channel = _queued_channel()
+        if channel is not None:
+            os.write(channel, b"\0")
+    except OSError:
+        pass    # full of bytes nobody read (no worker is pausing), or gone
+
+
+def _drained(channel: int) -> bool:
+    """Whether anything was announced since the last look; reads it all."""
+    got = False
+    try:
+        while os.read(channel, 65536):
+            got = True
+    except OSError:     # nothing (more) to read
+        pass
+    return got
+
+
+def gather_pause(seconds: float) -> None:
+    """Wait up to `seconds` for mail to gather, less once nothing more is being queued."""
+    channel = _queued_channel()
+    if channel is None:
+        time.sleep(seconds)
+        return
+    deadline = time.monotonic() + seconds
+    _drained(channel)   # announcements of mail the round just claimed
+    while (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(QUIET_SECONDS, remaining))
+        if not _drained(channel):
+            return
 
 
 def cancel_pending_kick() -> None:

@@ -31,7 +31,7 @@ from django.db.backends.sqlite3 import base
 FIRST_POLL = 0.00005
 LONGEST_POLL = 0.001     # how late a waiter notices a holder that died without waking anyone
 
-_release_channels: dict[str, int | None] = {}   # database file -> this process's FIFO descriptor
+_release_channels: dict[str, int | None] = {}   # FIFO path -> this process's descriptor of it
 _channels_lock = threading.Lock()
 _process_turns: dict[str, threading.Lock] = {}   # database file -> this process's place in the queue
 
@@ -61,12 +61,18 @@ def release_channel(database: str) -> int | None:
     reader, and a waiter's read never blocks. One descriptor serves every thread and, inherited
     across fork (runsmtp's copies, Celery's pool), every child: it is the same FIFO.
     """
-    if database in _release_channels:
-        return _release_channels[database]
+    return fifo_channel(f"{database}-writers-wake")
+
+
+def fifo_channel(path: str) -> int | None:
+    """This process's descriptor of the FIFO at `path`, opened once (see `release_channel`);
+    None where there can be none."""
+    if path in _release_channels:
+        return _release_channels[path]
     with _channels_lock:
-        if database not in _release_channels:
-            _release_channels[database] = _open_fifo(f"{database}-writers-wake")
-        return _release_channels[database]
+        if path not in _release_channels:
+            _release_channels[path] = _open_fifo(path)
+        return _release_channels[path]
 
 
 def _open_fifo(path: str) -> int | None:
