@@ -570,8 +570,9 @@ class Writer(threading.Thread):
                         inserts[op.model].extend(op.rows)
                     else:
                         results[id(future)] = op()
-                # Log rows before counters: tables in name order, the order in which a test's
-                # TRUNCATE takes its locks, so the two cannot deadlock on PostgreSQL.
+                # Tables in name order: every group commit takes its locks in one order. (A test's
+                # teardown TRUNCATE takes them in Django's set order, random per process, and
+                # can still deadlock with a late batch on PostgreSQL: tests/conftest.py retries it.)
                 for model, rows in sorted(inserts.items(), key=lambda item: item[0]._meta.db_table):
                     insert_values(model, rows)
                 if deltas:

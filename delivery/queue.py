@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import secrets
 import threading
 import time
@@ -24,6 +23,7 @@ from django.db.models.query import get_related_populators
 from django.utils import timezone
 
 from mailhost.addresses import parse_address
+from mailhost.sqlite3.base import DatabaseWrapper, announce, drain, fifo_channel
 
 from . import webhooks
 from .models import QueuedMessage, QueuedRecipient, Suppression
@@ -161,33 +161,14 @@ QUIET_SECONDS = 0.02
 
 def _queued_channel() -> int | None:
     conn = connections[DEFAULT_DB_ALIAS]
-    if conn.vendor != "sqlite" or not hasattr(conn, "wal_descriptor_copy") or conn.is_in_memory_db():
+    if not isinstance(conn, DatabaseWrapper) or conn.is_in_memory_db():
         return None
-    from mailhost.sqlite3.base import fifo_channel
-
     return fifo_channel(f"{conn.settings_dict['NAME']}-queued")
 
 
 def announce_queued() -> None:
-    """Tell pausing workers that mail was just committed to the queue. Never raises: the mail
-    is queued whatever happens here."""
-    try:
-        channel = _queued_channel()
-        if channel is not None:
-            os.write(channel, b"\0")
-    except OSError:
-        pass    # full of bytes nobody read (no worker is pausing), or gone
-
-
-def _drained(channel: int) -> bool:
-    """Whether anything was announced since the last look; reads it all."""
-    got = False
-    try:
-        while os.read(channel, 65536):
-            got = True
-    except OSError:     # nothing (more) to read
-        pass
-    return got
+    """Tell pausing workers that mail was just committed to the queue (never raises)."""
+    announce(_queued_channel())
 
 
 def gather_pause(seconds: float) -> None:
@@ -197,10 +178,10 @@ def gather_pause(seconds: float) -> None:
         time.sleep(seconds)
         return
     deadline = time.monotonic() + seconds
-    _drained(channel)   # announcements of mail the round just claimed
+    drain(channel)   # announcements of mail the round just claimed
     while (remaining := deadline - time.monotonic()) > 0:
         time.sleep(min(QUIET_SECONDS, remaining))
-        if not _drained(channel):
+        if not drain(channel):
             return
 
 
