@@ -424,6 +424,7 @@ async def serve(listeners: list[Listener], *, ready=None, sockets: dict[str, lis
     `sockets` (listener name -> its bound sockets) and `balance`: given by `runsmtp --processes`,
     whose copies share them (delivery/listening.py); a lone service binds its own.
     """
+    warm_up()   # before binding: a client connecting meanwhile would wait in the backlog
     if sockets is None:
         sockets = {listener.name: listening.bind(listener.host, listener.port) for listener in listeners}
     loop = asyncio.get_running_loop()
@@ -433,7 +434,6 @@ async def serve(listeners: list[Listener], *, ready=None, sockets: dict[str, lis
     loop.set_default_executor(executor)
     db_writes.start()
     sender_checks.use_configured_resolvers()
-    warm_up()
     context = tls.server_context()
     limiter = ConnectionLimiter(settings.SMTP_MAX_CONNECTIONS_PER_IP, settings.SMTP_MAX_CONNECTIONS)
     active: set[MailSMTP] = set()

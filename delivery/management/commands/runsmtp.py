@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from delivery import listening
-from delivery.smtp_server import Listener, run_loop, serve
+from delivery.smtp_server import Listener, run_loop, serve, warm_up
 
 DEFAULTS = {"inbound": "127.0.0.1:2525", "submission": "127.0.0.1:2587", "submissions": "127.0.0.1:2465"}
 
@@ -77,6 +77,7 @@ class Command(BaseCommand):
         SIGTERM or SIGINT to this parent stops every copy gracefully; if one copy dies, the
         others are stopped too and the command fails, so a supervisor sees it and restarts."""
         connections.close_all()     # a connection must never be shared across fork
+        warm_up()   # once, before binding; the copies inherit it
         sockets: dict[str, list] = {}
         try:
             for listener in listeners:
