@@ -11,9 +11,10 @@ pair, SASL AUTH through a private Dovecot's auth service (a socket in Postfix's 
 which Debian's chrooted smtpd reaches as private/auth), relaying only for authenticated clients to
 the same sink. Both peers get the same client conversation: STARTTLS, AUTH PLAIN as bob, then mail.
 msg/s counts from the first submission to the last message received by the sink.
-The peers take turns: --rounds times (default 3) mailhost, then Postfix (then Postfix with
-OpenDKIM), each on fresh state, and the figures printed are the medians, with the ratios' range:
-on a shared box one run's ratio swung 0.59-0.95 for the same code.
+The peers take turns: --rounds times (default 3) mailhost and Postfix, mailhost first in odd
+rounds and Postfix first in even ones (then Postfix with OpenDKIM), each on fresh state, and the
+figures printed are the medians, with the ratios' range: on a shared box one run's ratio swung
+0.59-0.95 for the same code, and the box's speed drifts within minutes.
 
 The Postfix above does not sign, while mailhost DKIM-signs every message. So a third run (unless
 --no-opendkim, and skipped with a note when Debian's opendkim is not installed) puts the same load
@@ -591,32 +592,47 @@ def spread(values: list[float]) -> str:
     return f" (median of {len(values)} rounds: {min(values):.2f}-{max(values):.2f})"
 
 
-def run_round(args, workdir: Path, dns, sink: CountingSink, procs: list) -> Round:
-    """mailhost, then the plain Postfix, then (with --opendkim) Postfix signing, each loaded in turn
-    on its own fresh state in `workdir`, so that alternating rounds see the box the same way."""
-    env, smtp, worker, port = setup_mailhost(workdir, dns, sink, args.domains, args.concurrency,
-                                               args.processes, procs)
-    time.sleep(3)  # let the worker connect to the broker
-    before = group_cpu_seconds(smtp.pid), group_cpu_seconds(worker.pid)
-    threads_before = [thread_cpu_seconds(p.pid) for p in (smtp, worker)] if args.threads else []
-    sink.keep_next()
-    ours = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink, args.timeline)
-    if args.threads:
-        for service, p, earlier in zip(("runsmtp", "worker"), (smtp, worker), threads_before, strict=True):
-            spent = thread_cpu_seconds(p.pid)
-            spent.subtract(earlier)
-            print(f"  {service} threads, CPU ms/message: " + ", ".join(
-                f"{name} {value * 1000 / args.messages:.2f}" for name, value in spent.most_common() if value > 0),
-                flush=True)
-    service_cpu = [(group_cpu_seconds(p.pid) - b) * 1000 / args.messages
-                   for p, b in zip((smtp, worker), before, strict=True)]
-    sample = sink.kept
-    for p in (smtp, worker):
-        stop(p)
+def run_round(args, workdir: Path, dns, sink: CountingSink, procs: list, mailhost_first: bool = True) -> Round:
+    """mailhost and the plain Postfix, then (with --opendkim) Postfix signing, each loaded in turn
+    on its own fresh state in `workdir`. Odd rounds load mailhost first, even rounds Postfix:
+    this box's speed drifts within minutes (mailhost's CPU a message went 4.9 -> 6.3 -> 7.4 ms
+    over one run's three rounds), and a fixed order handed that drift to one peer."""
+    mailhost: dict = {}
+
+    def load_mailhost() -> None:
+        env, smtp, worker, port = setup_mailhost(workdir, dns, sink, args.domains, args.concurrency,
+                                                   args.processes, procs)
+        time.sleep(3)  # let the worker connect to the broker
+        before = group_cpu_seconds(smtp.pid), group_cpu_seconds(worker.pid)
+        threads_before = [thread_cpu_seconds(p.pid) for p in (smtp, worker)] if args.threads else []
+        sink.keep_next()
+        load = run_load(port, args.messages, args.domains, args.clients, LOGIN, sink, args.timeline)
+        if args.threads:
+            for service, p, earlier in zip(("runsmtp", "worker"), (smtp, worker), threads_before, strict=True):
+                spent = thread_cpu_seconds(p.pid)
+                spent.subtract(earlier)
+                print(f"  {service} threads, CPU ms/message: " + ", ".join(
+                    f"{name} {value * 1000 / args.messages:.2f}" for name, value in spent.most_common() if value > 0),
+                    flush=True)
+        mailhost.update(env=env, load=load, sample=sink.kept, service_cpu=[
+            (group_cpu_seconds(p.pid) - b) * 1000 / args.messages for p, b in zip((smtp, worker), before, strict=True)])
+        for p in (smtp, worker):
+            stop(p)
+
+    def load_postfix() -> tuple[subprocess.Popen, int, Load]:
+        dovecot, postfix, pport = setup_postfix(workdir, sink, procs)
+        load = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink, args.timeline)
+        stop(postfix)
+        return dovecot, pport, load
+
+    if mailhost_first:
+        load_mailhost()
+        dovecot, pport, theirs = load_postfix()
+    else:
+        dovecot, pport, theirs = load_postfix()
+        load_mailhost()
+    env, ours, service_cpu, sample = mailhost["env"], mailhost["load"], mailhost["service_cpu"], mailhost["sample"]
     key = dkim_key(env) if args.opendkim else None
-    dovecot, postfix, pport = setup_postfix(workdir, sink, procs)
-    theirs = run_load(pport, args.messages, args.domains, args.clients, LOGIN, sink, args.timeline)
-    stop(postfix)
     result = Round(env, ours.rate, ours.box_cpu, service_cpu, sample, theirs.rate, theirs.box_cpu,
                    (ours.bench_cpu + theirs.bench_cpu) / 2, (ours.bench_cpu, theirs.bench_cpu), key=key)
     if args.opendkim:
@@ -684,9 +700,10 @@ def main() -> int:
             for n in range(1, args.rounds + 1):
                 workdir = top / f"round{n}"  # a fresh database, queue and Postfix for every round
                 workdir.mkdir(mode=0o755)
-                rounds.append(run_round(args, workdir, dns, sink, procs))
+                rounds.append(run_round(args, workdir, dns, sink, procs, mailhost_first=n % 2 == 1))
                 if args.rounds > 1:
-                    print(f"  round {n}: {rounds[-1].summary()}", flush=True)
+                    first = "mailhost" if n % 2 == 1 else "postfix"
+                    print(f"  round {n} ({first} first): {rounds[-1].summary()}", flush=True)
             sign_ours, sign_pure = dkim_speed(rounds[-1].env)
         finally:
             for p in procs:
