@@ -424,8 +424,10 @@ async def serve(listeners: list[Listener], *, ready=None, sockets: dict[str, lis
     `sockets` (listener name -> its bound sockets) and `balance`: given by `runsmtp --processes`,
     whose copies share them (delivery/listening.py); a lone service binds its own.
     """
-    warm_up()   # before binding: a client connecting meanwhile would wait in the backlog
     if sockets is None:
+        # Warm up before binding: a client connecting meanwhile would wait in the backlog.
+        # (runsmtp --processes warms up in the parent, before it binds and forks.)
+        warm_up()
         sockets = {listener.name: listening.bind(listener.host, listener.port) for listener in listeners}
     loop = asyncio.get_running_loop()
     keep_database_connections()

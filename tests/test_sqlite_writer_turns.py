@@ -155,7 +155,7 @@ def test_the_wake_up_channel_is_a_fifo_and_anything_else_there_means_polling_onl
     fd = base._open_fifo(str(tmp_path / "db-writers-wake"))
     try:
         assert fd is not None and stat.S_ISFIFO(os.fstat(fd).st_mode)
-        base.announce(fd)
+        base._announce_release(fd)
         base._wait_for_release(fd, 5)   # the byte is there: no wait
         started = time.monotonic()
         base._wait_for_release(fd, 0.2)  # drained: the timeout
@@ -173,7 +173,7 @@ def test_a_full_channel_never_blocks_the_writer_giving_up_its_turn(tmp_path):
     fd = base._open_fifo(str(tmp_path / "db-writers-wake"))
     try:
         for _ in range(70000):  # more than a pipe holds
-            base.announce(fd)
+            base._announce_release(fd)
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         assert flags & os.O_NONBLOCK
         base._wait_for_release(fd, 1)
@@ -185,7 +185,7 @@ def test_a_full_channel_never_blocks_the_writer_giving_up_its_turn(tmp_path):
 
 def test_a_channel_that_went_away_never_fails_a_commit_and_waiters_fall_back_to_polling():
     gone = 999_999  # no such descriptor
-    base.announce(gone)   # after COMMIT: must not raise
+    base._announce_release(gone)   # after COMMIT: must not raise
     started = time.monotonic()
     base._wait_for_release(gone, 0.1)
     assert time.monotonic() - started >= 0.09

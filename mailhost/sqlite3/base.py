@@ -31,7 +31,7 @@ from django.db.backends.sqlite3 import base
 FIRST_POLL = 0.00005
 LONGEST_POLL = 0.001     # how late a waiter notices a holder that died without waking anyone
 
-_fifos: dict[str, int | None] = {}   # FIFO path -> this process's descriptor of it
+_release_channels: dict[str, int | None] = {}   # database file -> this process's FIFO descriptor
 _channels_lock = threading.Lock()
 _process_turns: dict[str, threading.Lock] = {}   # database file -> this process's place in the queue
 
@@ -61,18 +61,12 @@ def release_channel(database: str) -> int | None:
     reader, and a waiter's read never blocks. One descriptor serves every thread and, inherited
     across fork (runsmtp's copies, Celery's pool), every child: it is the same FIFO.
     """
-    return fifo_channel(f"{database}-writers-wake")
-
-
-def fifo_channel(path: str) -> int | None:
-    """This process's descriptor of the FIFO at `path`, opened once (see `release_channel`);
-    None where there can be none."""
-    if path in _fifos:
-        return _fifos[path]
+    if database in _release_channels:
+        return _release_channels[database]
     with _channels_lock:
-        if path not in _fifos:
-            _fifos[path] = _open_fifo(path)
-        return _fifos[path]
+        if database not in _release_channels:
+            _release_channels[database] = _open_fifo(f"{database}-writers-wake")
+        return _release_channels[database]
 
 
 def _open_fifo(path: str) -> int | None:
@@ -104,23 +98,16 @@ def _wait_for_release(channel: int | None, timeout: float) -> None:
         time.sleep(timeout)
         return
     if readable:
-        drain(channel)
+        try:
+            while os.read(channel, 65536):
+                pass
+        except OSError:     # drained (EAGAIN)
+            pass
 
 
-def drain(channel: int) -> bool:
-    """Read everything announced on a FIFO so far; whether there was anything."""
-    got = False
-    try:
-        while os.read(channel, 65536):
-            got = True
-    except OSError:     # drained (EAGAIN)
-        pass
-    return got
-
-
-def announce(channel: int | None) -> None:
-    """One byte on a FIFO. Never raises: it runs after COMMIT, and an error there would make a
-    committed write look failed (and be made again)."""
+def _announce_release(channel: int | None) -> None:
+    """Never raises: it runs after COMMIT, and an error there would make a committed write
+    look failed (and be made again)."""
     if channel is not None:
         try:
             os.write(channel, b"\0")
@@ -235,7 +222,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self._has_turn = False
             try:
                 fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
-                announce(release_channel(self.settings_dict["NAME"]))
+                _announce_release(release_channel(self.settings_dict["NAME"]))
             finally:
                 own, self._own_turn = self._own_turn, None
                 if own is not None:
