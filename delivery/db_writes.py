@@ -301,7 +301,7 @@ def _qmark(sql: str) -> str:
 
 
 @contextmanager
-def atomic_unflushed():
+def atomic_unflushed(*, pipelined: bool = False):
     """A transaction whose commit does not wait for the disk to confirm it.
 
     For writes that only record what already happened and whose loss in a power cut (never in
@@ -316,6 +316,9 @@ def atomic_unflushed():
     SQLite sets `synchronous` per connection and not inside a transaction, so it is lowered
     before BEGIN and put back after; PostgreSQL takes it per transaction. Inside a caller's
     transaction nothing changes: that transaction's commit decides.
+
+    `pipelined`: on PostgreSQL the block's statements go in psycopg's pipeline mode
+    (`pipelined_statements`), for callers that read no row count inside it.
     """
     conn = connections[DEFAULT_DB_ALIAS]
     if conn.in_atomic_block:
@@ -326,10 +329,37 @@ def atomic_unflushed():
         with _sqlite_commits_unsynced(conn), transaction.atomic():
             yield
         return
-    with transaction.atomic():
+    with transaction.atomic(), (pipelined_statements(conn) if pipelined else nullcontext()):
         if conn.vendor == "postgresql":
             with conn.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        yield
+
+
+def pipelined_statements(conn=None):
+    """On PostgreSQL, psycopg's pipeline mode for the statements of the block; elsewhere nothing.
+
+    Outside it every statement is a round trip to the server, and so are the BEGIN that psycopg
+    sends before a transaction's first statement and the COMMIT: a delivery's outcome (BEGIN,
+    SET LOCAL, UPDATE, INSERT, COMMIT) took five, and the server and both processes woke up for
+    each. In the pipeline the statements are sent without waiting and their answers read at the
+    next sync: a fetch of a result, or the end of the block. Use it inside `transaction.atomic()`
+    (Django then has begun the transaction, which would otherwise cost a sync of its own), and
+    only around statements whose row count nobody reads: psycopg knows it only after the sync
+    (-1 before). An error surfaces at that sync, and the transaction rolls back as usual.
+    """
+    conn = conn or connections[DEFAULT_DB_ALIAS]
+    if conn.vendor != "postgresql":
+        return nullcontext()
+    return _pipeline(conn)
+
+
+@contextmanager
+def _pipeline(conn):
+    # Errors raised at a sync (a fetch, the block's end) come out as Django's, as they would
+    # from Django's cursor, so that the connection is marked for a check before its next use.
+    _ensure_connection(conn)
+    with conn.wrap_database_errors, conn.connection.pipeline():
         yield
 
 
@@ -461,7 +491,10 @@ def refresh_connection() -> None:
 
 
 def run(fn, *args, **kwargs):
-    """fn(*args, **kwargs) committed before this returns; its result, or its exception."""
+    """fn(*args, **kwargs) committed before this returns; its result, or its exception.
+
+    In the SMTP service on PostgreSQL, fn runs in its group commit's pipeline
+    (`pipelined_statements`): a row count reads -1 there, so fn fetches what it needs to know."""
     return _submit(_Call(fn, args, kwargs), wait=True)
 
 
@@ -562,7 +595,9 @@ class Writer(threading.Thread):
         results = {}
         wal = UnsyncedLog()
         try:
-            with atomic_sync_deferred(wal):
+            # Pipelined on PostgreSQL (see `pipelined_statements`): the ops here read no row
+            # count, and a message's INSERT ... RETURNING is the only answer waited for.
+            with atomic_sync_deferred(wal), pipelined_statements():
                 for op, future, _ in items:
                     if isinstance(op, _AddUsedBytes):
                         deltas[op.mailbox_id] += op.delta

@@ -541,8 +541,9 @@ def record_delivered(run: str, rcpts: list[QueuedRecipient], outcome: Outcome) -
            f"WHERE lease_owner = %s AND id IN ({', '.join(['%s'] * len(ids))})")
     events = webhooks.events_for(rcpts, "delivered", reply, outcome.tls_version, attempts_added=1)
     # Committed without waiting for the disk (see atomic_unflushed): a power cut may repeat a
-    # delivery, a worker killed at any point may not.
-    with db_writes.atomic_unflushed():
+    # delivery, a worker killed at any point may not. Nothing here reads a row count, so on
+    # PostgreSQL the statements go in one round trip and the COMMIT in a second.
+    with db_writes.atomic_unflushed(pipelined=True):
         db_writes.execute(sql, [*params, run, *ids])
         if log_values:
             db_writes.insert_values(MessageLog, log_values)

@@ -97,6 +97,82 @@ def test_inside_a_callers_transaction_the_callers_commit_decides(transactional_d
     assert flushing(connection)
 
 
+def pipeline_status(connection):
+    from psycopg import pq
+
+    return pq.PipelineStatus(connection.connection.pgconn.pipeline_status)
+
+
+def test_on_postgresql_a_delivery_outcome_goes_to_the_server_in_one_pipeline(transactional_db, bob, monkeypatch):
+    """BEGIN, SET LOCAL, the UPDATE and the log INSERT in one round trip, the COMMIT in a second:
+    not one round trip each, which a database on another host makes the cost of a delivery."""
+    from django.db import connection
+    from psycopg import pq
+
+    from delivery import db_writes, queue
+
+    if connection.vendor != "postgresql":
+        pytest.skip("psycopg's pipeline mode is PostgreSQL's")
+    queue.enqueue("bob@example.org", ["friend@remote.test"], b"From: bob@example.org\r\n\r\nhi\r\n")
+    [run] = queue.claim_due(run="run-1")
+    rows = queue.rows_of(run)
+    seen = {}
+
+    def watch(execute, sql, params, many, context):     # Django's cursor: the SET LOCAL
+        seen[sql.split()[0]] = pipeline_status(connection)
+        return execute(sql, params, many, context)
+
+    def statement(sql, params, **kwargs):               # db_writes' own: the UPDATE and INSERT
+        seen[sql.split()[0]] = pipeline_status(connection)
+        return real_statement(sql, params, **kwargs)
+
+    real_statement = db_writes._statement
+    monkeypatch.setattr(db_writes, "_statement", statement)
+    with connection.execute_wrapper(watch):
+        queue.record_delivered(run, rows, queue.Outcome("delivered", "250 2.0.0 ok", "TLSv1.3"))
+    assert {seen[verb] for verb in ("SET", "UPDATE", "INSERT")} == {pq.PipelineStatus.ON}
+    assert pipeline_status(connection) == pq.PipelineStatus.OFF
+    assert QueuedRecipient.objects.get().state == QueuedRecipient.State.DELIVERED
+    assert MessageLog.objects.filter(direction=MessageLog.Direction.OUTBOUND).count() == 1
+
+
+def test_on_postgresql_a_group_commit_is_pipelined(transactional_db):
+    from django.db import connection
+    from psycopg import pq
+
+    from delivery import db_writes
+
+    if connection.vendor != "postgresql":
+        pytest.skip("psycopg's pipeline mode is PostgreSQL's")
+    db_writes.start()
+    try:
+        inside = db_writes.run(lambda: pipeline_status(connection))
+    finally:
+        db_writes.stop()
+    assert inside == pq.PipelineStatus.ON
+
+
+def test_a_statement_failing_in_a_pipelined_outcome_undoes_the_whole_transaction(transactional_db, bob):
+    """On PostgreSQL the error only comes back at the sync, after the statements before it ran:
+    they are rolled back with it, and the connection is fit for the next transaction."""
+    from django.db import IntegrityError, connection
+
+    from delivery import db_writes, queue
+    from delivery.models import QueuedMessage
+
+    message = queue.enqueue("bob@example.org", ["friend@remote.test"], b"From: bob@example.org\r\n\r\nhi\r\n")
+    table = connection.ops.quote_name(QueuedRecipient._meta.db_table)
+    twin = QueuedMessage(queue_id=message.queue_id, sender="bob@example.org", data=b"x", size=1)
+    with pytest.raises(IntegrityError):
+        with db_writes.atomic_unflushed(pipelined=True):
+            db_writes.execute(f"UPDATE {table} SET attempts = %s", [7])
+            db_writes.insert_values(QueuedMessage, db_writes.row_values([twin]))    # the queue id is taken
+    assert QueuedRecipient.objects.get().attempts == 0
+    with db_writes.atomic_unflushed(pipelined=True):
+        db_writes.execute(f"UPDATE {table} SET attempts = %s", [1])
+    assert QueuedRecipient.objects.get().attempts == 1
+
+
 def test_an_8bit_body_with_utf8_headers_is_stored_byte_for_byte(shared_smtp_service, bob):
     data = ("From: Jürgen Groß <jg@elsewhere.test>\r\nSubject: Grüße aus Köln\r\n"
             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
