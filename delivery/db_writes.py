@@ -336,6 +336,7 @@ def atomic_unflushed(*, pipelined: bool = False):
         yield
 
 
+@contextmanager
 def pipelined_statements(conn=None):
     """On PostgreSQL, psycopg's pipeline mode for the statements of the block; elsewhere nothing.
 
@@ -346,18 +347,13 @@ def pipelined_statements(conn=None):
     next sync: a fetch of a result, or the end of the block. Use it inside `transaction.atomic()`
     (Django then has begun the transaction, which would otherwise cost a sync of its own), and
     only around statements whose row count nobody reads: psycopg knows it only after the sync
-    (-1 before). An error surfaces at that sync, and the transaction rolls back as usual.
+    (-1 before). An error surfaces at that sync as Django's (marking the connection for a check
+    before its next use, as Django's cursor would), and the transaction rolls back as usual.
     """
     conn = conn or connections[DEFAULT_DB_ALIAS]
     if conn.vendor != "postgresql":
-        return nullcontext()
-    return _pipeline(conn)
-
-
-@contextmanager
-def _pipeline(conn):
-    # Errors raised at a sync (a fetch, the block's end) come out as Django's, as they would
-    # from Django's cursor, so that the connection is marked for a check before its next use.
+        yield
+        return
     _ensure_connection(conn)
     with conn.wrap_database_errors, conn.connection.pipeline():
         yield
