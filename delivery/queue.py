@@ -514,7 +514,8 @@ def record(run: str, rcpt: QueuedRecipient, outcome: Outcome) -> None:
 def record_delivered(run: str, rcpts: list[QueuedRecipient], outcome: Outcome) -> None:
     """The common case of `record`: every recipient of one message accepted with one reply.
 
-    One UPDATE and one multi-row log INSERT in one transaction, committed the moment the peer
+    One UPDATE and one multi-row log INSERT in one transaction (on PostgreSQL one statement,
+    see `db_writes.unflushed_statements`), committed the moment the peer
     answered the final dot, as `record` does row by row: the duplicate window stays one round
     trip wide (for a worker killed at any point; a power cut may repeat the last deliveries).
     No DSN, no suppression and no retry arithmetic apply to a delivery.
@@ -540,14 +541,12 @@ def record_delivered(run: str, rcpts: list[QueuedRecipient], outcome: Outcome) -
     sql = (f"UPDATE {quote(QueuedRecipient._meta.db_table)} SET {sets} "
            f"WHERE lease_owner = %s AND id IN ({', '.join(['%s'] * len(ids))})")
     events = webhooks.events_for(rcpts, "delivered", reply, outcome.tls_version, attempts_added=1)
-    # Committed without waiting for the disk (see atomic_unflushed): a power cut may repeat a
-    # delivery, a worker killed at any point may not. Nothing here reads a row count, so on
-    # PostgreSQL the statements go in one round trip and the COMMIT in a second.
-    with db_writes.atomic_unflushed(pipelined=True):
-        db_writes.execute(sql, [*params, run, *ids])
-        if log_values:
-            db_writes.insert_values(MessageLog, log_values)
-        webhooks.save(events)
+    statements = [(sql, [*params, run, *ids])]
+    if log_values:
+        statements.append(db_writes.insert_statement(MessageLog, log_values))
+    # Committed without waiting for the disk: a power cut may repeat a delivery, a worker
+    # killed at any point may not. On PostgreSQL, without webhook events, one statement.
+    db_writes.unflushed_statements(statements, also=(lambda: webhooks.save(events)) if events else None)
     for r in rcpts:
         r.state, r.delivered_at, r.last_reply = State.DELIVERED, now, reply
         r.attempts += 1
