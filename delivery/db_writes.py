@@ -77,6 +77,39 @@ class _Insert:
         insert_values(self.model, self.rows)
 
 
+class _InsertLinked:
+    """One row and rows of another model that point at it (a queued message and its
+    recipients), inserted together; the result is the new row's primary key.
+
+    On PostgreSQL one statement (`_linked_parts`): the INSERT ... RETURNING of the row and the
+    INSERT of the rows that take its key from it, without the round trip that waited for the
+    key in between, nor, outside a transaction, a BEGIN and a COMMIT around them."""
+
+    def __init__(self, model, row: list, linked_model, linked_rows: list[list], link: str):
+        self.model, self.row = model, row
+        self.linked_model, self.linked_rows = linked_model, linked_rows
+        self.link = column_index(linked_model, link)
+
+    def __call__(self) -> int:
+        conn = connections[DEFAULT_DB_ALIAS]
+        if conn.vendor == "postgresql":
+            (_, pk), = _run_as_one_statement([self], conn)
+            return pk
+        with atomic_unless_in_one():
+            pk = insert_values(self.model, [self.row], returning_pk=True)
+            for row in self.linked_rows:
+                row[self.link] = pk
+            insert_values(self.linked_model, self.linked_rows)
+        return pk
+
+
+def insert_linked(model, row: list, linked_model, linked_rows: list[list], link: str) -> int:
+    """INSERT a row made by `row_values` and rows of `linked_model` whose foreign key `link`
+    is to take the new row's key (left as None in them); committed before this returns (in the
+    SMTP service, in its group commit); the new row's primary key."""
+    return _submit(_InsertLinked(model, row, linked_model, linked_rows, link), wait=True)
+
+
 def _add_used_bytes(deltas: dict[int, int]) -> None:
     from mailboxes.models import Mailbox
 
@@ -240,6 +273,45 @@ def insert_statement(model, rows: list[list]) -> tuple[str, list]:
     _, sql = _insert_sql(model, connections[DEFAULT_DB_ALIAS].vendor)
     head, _, values = sql.rpartition(" VALUES ")
     return f"{head} VALUES {', '.join([values] * len(rows))}", [v for row in rows for v in row]
+
+
+def _linked_parts(op: _InsertLinked, name: str) -> list[tuple[str, list]]:
+    """`op` as two WITH queries: `name` inserts the row and returns its key, the next inserts the
+    linked rows, each taking the key by a subquery of `name`."""
+    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
+    pk = quote(op.model._meta.pk.column)
+    row_sql, row_params = insert_statement(op.model, [op.row])
+    fields, sql = _insert_sql(op.linked_model, connections[DEFAULT_DB_ALIAS].vendor)
+    one = ", ".join(f"(SELECT {pk} FROM {name})" if i == op.link else "%s" for i in range(len(fields)))
+    linked_sql = f"{sql.rpartition(' VALUES ')[0]} VALUES {', '.join([f'({one})'] * len(op.linked_rows))}"
+    linked_params = [v for row in op.linked_rows for i, v in enumerate(row) if i != op.link]
+    return [(f"{name} AS ({row_sql} RETURNING {pk})", row_params),
+            (f"{name}_linked AS ({linked_sql})", linked_params)]
+
+
+def _run_as_one_statement(ops: list, conn) -> list[tuple[int, int]]:
+    """PostgreSQL: `_Insert` and `_InsertLinked` ops as one statement of WITH queries, which
+    outside a transaction commits (and flushes) on its own as it ends; (the op's position, the
+    new key) of every `_InsertLinked`. The tables come in name order, as in a group commit's
+    transaction, so that concurrent writers take their locks in one order."""
+    parts, keys = [], []
+    inserts: dict[type, list] = defaultdict(list)
+    for op in ops:
+        if isinstance(op, _Insert):
+            inserts[op.model].extend(op.rows)
+    for n, (model, rows) in enumerate(sorted(inserts.items(), key=lambda item: item[0]._meta.db_table)):
+        sql, params = insert_statement(model, rows)
+        parts.append((f"rows{n} AS ({sql})", params))
+    for n, op in enumerate(ops):
+        if isinstance(op, _InsertLinked):
+            parts += _linked_parts(op, f"new{n}")
+            keys.append(f"SELECT {n}, {conn.ops.quote_name(op.model._meta.pk.column)} FROM new{n}")
+    sql = "WITH " + ", ".join(part for part, _ in parts) + " " + (" UNION ALL ".join(keys) or "SELECT 0, 0 WHERE false")
+    cursor = _statement(sql, [v for _, params in parts for v in params], conn=conn)
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
 
 
 def execute(sql: str, params: list) -> int:
@@ -620,13 +692,16 @@ class Writer(threading.Thread):
 
     def _commit(self, items: list) -> None:
         refresh_connection()
+        if connection.vendor == "postgresql" and all(type(op) in (_Insert, _InsertLinked) for op, _, _ in items):
+            self._commit_as_one_statement(items)
+            return
         deltas: dict[int, int] = defaultdict(int)
         inserts: dict[type, list] = defaultdict(list)
         results = {}
         wal = UnsyncedLog()
         try:
             # Pipelined on PostgreSQL (see `pipelined_statements`): the ops here read no row
-            # count, and a message's INSERT ... RETURNING is the only answer waited for.
+            # count, and a message's key (its one statement's answer) is the only one waited for.
             with atomic_sync_deferred(wal), pipelined_statements():
                 for op, future, _ in items:
                     if isinstance(op, _AddUsedBytes):
@@ -647,17 +722,7 @@ class Writer(threading.Thread):
                 log.error("batched writes committed but cannot be synced", exc_info=True)
                 _resolve([(future, None) for _, future, _ in items], exc)
                 return
-            # One failing write must not fail its neighbours: retry each in its own transaction.
-            log.warning("batched write failed; retrying %d writes one by one", len(items), exc_info=True)
-            refresh_connection()  # a broken connection is dropped here, not reused for every retry
-            for op, future, _ in items:
-                try:
-                    with atomic_flushed_outside_lock():
-                        result = op()
-                except Exception as exc:
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
+            self._one_by_one(items)
             return
         done = [(future, results.get(id(future))) for _, future, _ in items]
         if wal.fd is not None and any(wait for _, _, wait in items):
@@ -666,6 +731,34 @@ class Writer(threading.Thread):
         if wal.fd is not None:
             os.close(wal.fd)
         _resolve(done)
+
+
+    def _commit_as_one_statement(self, items: list) -> None:
+        """PostgreSQL, a batch of inserts alone (the usual one: queued messages and their log
+        rows): one statement committed as it ends (`_run_as_one_statement`). In a transaction
+        it was BEGIN, a message's INSERT ... RETURNING, its recipients' INSERT, the log rows'
+        and COMMIT, in three round trips through psycopg's pipeline."""
+        ops = [op for op, _, _ in items]
+        try:
+            keys = dict(_run_as_one_statement(ops, connection))
+        except Exception:
+            self._one_by_one(items)
+            return
+        _resolve([(future, keys.get(n)) for n, (_, future, _) in enumerate(items)])
+
+    @staticmethod
+    def _one_by_one(items: list) -> None:
+        """One failing write must not fail its neighbours: each again in its own transaction."""
+        log.warning("batched write failed; retrying %d writes one by one", len(items), exc_info=True)
+        refresh_connection()  # a broken connection is dropped here, not reused for every retry
+        for op, future, _ in items:
+            try:
+                with atomic_flushed_outside_lock():
+                    result = op()
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
 
 class Syncer(threading.Thread):

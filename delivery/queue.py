@@ -68,23 +68,13 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
     rcpt_values = db_writes.new_row_values(QueuedRecipient, [
         {"message_id": None, "address": rcpt, "domain": domain, "original_address": original_recipients.get(rcpt, "")}
         for rcpt, domain in addresses])
-    message_column = db_writes.column_index(QueuedRecipient, "message")
-
-    def insert() -> QueuedMessage:
-        # Inside the SMTP service's group commit a failure fails the whole group, which
-        # db_writes then retries write by write; alone it is a plain transaction.
-        with db_writes.atomic_unless_in_one():
-            message.pk = db_writes.insert_values(QueuedMessage, message_values, returning_pk=True)
-            for values in rcpt_values:
-                values[message_column] = message.pk
-            db_writes.insert_values(QueuedRecipient, rcpt_values)
-        message._state.adding, message._state.db = False, "default"
-        return message
-
     # In the SMTP service the insert joins db_writes' group commit (one writer thread, one
     # transaction for everything waiting) instead of every session thread queueing for SQLite's
-    # writer lock; either way it is committed when this returns, before the 250.
-    message = db_writes.run(insert)
+    # writer lock; either way it is committed when this returns, before the 250. A failure in
+    # a group fails the group, which db_writes then retries write by write.
+    [values] = message_values
+    message.pk = db_writes.insert_linked(QueuedMessage, values, QueuedRecipient, rcpt_values, "message")
+    message._state.adding, message._state.db = False, "default"
     # In this thread, not the writer's: a slow broker must never hold up everyone's writes.
     # Inside a caller's transaction the kick still waits for its commit.
     if connection.in_atomic_block:

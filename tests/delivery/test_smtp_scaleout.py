@@ -90,6 +90,98 @@ def test_batched_writes_are_committed_when_run_returns_and_a_failing_one_fails_a
     assert sorted(MessageLog.objects.values_list("queue_id", flat=True)) == sorted(f"Q{n}" for n in range(40))
 
 
+def writes_in_one_batch(writes: list):
+    """Run `writes` (callables) in threads while the writer is held inside another group commit,
+    so that they all wait in its queue and go in its next batch together; their outcomes."""
+    from django.db import connections
+
+    held, release = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(len(writes) + 1) as pool:
+        holder = pool.submit(db_writes.run, lambda: (held.set(), release.wait(10)))
+        assert held.wait(10)
+        futures = [pool.submit(write) for write in writes]
+        while db_writes._writer.queue.qsize() < len(writes):
+            time.sleep(0.01)
+        release.set()
+        holder.result()
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except Exception as exc:     # noqa: BLE001 - the outcome under test
+                outcomes.append(exc)
+    connections.close_all()
+    return outcomes
+
+
+def queue_row(queue_id: str):
+    from delivery.models import QueuedMessage
+
+    return db_writes.row_values([QueuedMessage(queue_id=queue_id, sender="bob@example.org", data=b"x", size=1)])[0]
+
+
+def recipient_rows(*addresses: str):
+    from delivery.models import QueuedRecipient
+
+    return db_writes.new_row_values(QueuedRecipient, [
+        {"message_id": None, "address": a, "domain": a.split("@")[1]} for a in addresses])
+
+
+def test_on_postgresql_a_batch_of_queued_messages_and_log_rows_is_one_statement(transactional_db, bob, monkeypatch):
+    """BEGIN, each message's INSERT ... RETURNING and its recipients' INSERT, the log rows and
+    COMMIT become one statement that commits as it ends; every message gets its own key and
+    its recipients point at it."""
+    from django.db import connection
+
+    from delivery.models import QueuedMessage, QueuedRecipient
+
+    if connection.vendor != "postgresql":
+        pytest.skip("data-modifying WITH queries are PostgreSQL's")
+    seen = []
+
+    def statement(sql, params, **kwargs):
+        if threading.current_thread().name == "smtp-db-writer":
+            seen.append((sql.split()[0], connection.in_atomic_block))
+        return real_statement(sql, params, **kwargs)
+
+    real_statement = db_writes._statement
+    monkeypatch.setattr(db_writes, "_statement", statement)
+    db_writes.start()
+    try:
+        keys = writes_in_one_batch(
+            [lambda n=n: db_writes.insert_linked(QueuedMessage, queue_row(f"Q{n}"), QueuedRecipient,
+                                                 recipient_rows(*(f"r{k}@m{n}.test" for k in range(n + 1))),
+                                                 "message") for n in range(3)]
+            + [lambda: db_writes.insert_new(MessageLog, [{"direction": "submission", "result": "accepted",
+                                                          "queue_id": "LOGGED"}])])
+    finally:
+        db_writes.stop()
+    assert seen[-1] == ("WITH", False) and seen.count(("WITH", False)) == 1
+    for n, key in enumerate(keys[:3]):
+        message = QueuedMessage.objects.get(pk=key)
+        assert message.queue_id == f"Q{n}"
+        assert sorted(message.recipients.values_list("address", flat=True)) == [f"r{k}@m{n}.test" for k in range(n + 1)]
+    assert MessageLog.objects.filter(queue_id="LOGGED").exists()
+
+
+def test_a_message_that_cannot_be_queued_fails_alone_in_its_batch(transactional_db, bob):
+    from delivery.models import QueuedMessage, QueuedRecipient
+
+    QueuedMessage.objects.create(queue_id="TAKEN", sender="bob@example.org", data=b"x", size=1)
+    db_writes.start()
+    try:
+        outcomes = writes_in_one_batch([
+            lambda queue_id=queue_id: db_writes.insert_linked(QueuedMessage, queue_row(queue_id), QueuedRecipient,
+                                                              recipient_rows(f"to@{queue_id.lower()}.test"), "message")
+            for queue_id in ("FIRST", "TAKEN", "LAST")])
+    finally:
+        db_writes.stop()
+    assert isinstance(outcomes[1], IntegrityError)
+    assert sorted(QueuedRecipient.objects.values_list("message__queue_id", "address")) == [
+        ("FIRST", "to@first.test"), ("LAST", "to@last.test")]
+    assert [QueuedMessage.objects.get(queue_id=q).pk for q in ("FIRST", "LAST")] == [outcomes[0], outcomes[2]]
+
+
 def test_bookkeeping_rides_in_the_next_waited_commit_and_stop_flushes_what_is_left(
         transactional_db, bob, monkeypatch):
     monkeypatch.setattr(db_writes, "BOOKKEEPING_DELAY", 30)
