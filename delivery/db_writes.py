@@ -92,7 +92,7 @@ class _InsertLinked:
 
     def __call__(self) -> int:
         conn = connections[DEFAULT_DB_ALIAS]
-        if conn.vendor == "postgresql":
+        if conn.vendor == "postgresql" and _fit_one_statement([self]):
             (_, pk), = _run_as_one_statement([self], conn)
             return pk
         with atomic_unless_in_one():
@@ -275,6 +275,24 @@ def insert_statement(model, rows: list[list]) -> tuple[str, list]:
     return f"{head} VALUES {', '.join([values] * len(rows))}", [v for row in rows for v in row]
 
 
+# A statement's parameters are counted in 16 bits (PostgreSQL's Bind message): a batch with
+# more goes as a transaction of several statements, as before.
+MAX_PARAMETERS = 30000
+
+
+def _fit_one_statement(ops: list) -> bool:
+    """Are these all inserts (`_run_as_one_statement` takes nothing else) of few enough values?"""
+    count = 0
+    for op in ops:
+        if type(op) is _Insert:
+            count += sum(map(len, op.rows))
+        elif type(op) is _InsertLinked:
+            count += len(op.row) + sum(map(len, op.linked_rows))
+        else:
+            return False
+    return count <= MAX_PARAMETERS
+
+
 def _linked_parts(op: _InsertLinked, name: str) -> list[tuple[str, list]]:
     """`op` as two WITH queries: `name` inserts the row and returns its key, the next inserts the
     linked rows, each taking the key by a subquery of `name`."""
@@ -285,8 +303,8 @@ def _linked_parts(op: _InsertLinked, name: str) -> list[tuple[str, list]]:
     one = ", ".join(f"(SELECT {pk} FROM {name})" if i == op.link else "%s" for i in range(len(fields)))
     linked_sql = f"{sql.rpartition(' VALUES ')[0]} VALUES {', '.join([f'({one})'] * len(op.linked_rows))}"
     linked_params = [v for row in op.linked_rows for i, v in enumerate(row) if i != op.link]
-    return [(f"{name} AS ({row_sql} RETURNING {pk})", row_params),
-            (f"{name}_linked AS ({linked_sql})", linked_params)]
+    return [(f"{name} AS ({row_sql} RETURNING {pk})", row_params)] + (
+        [(f"{name}_linked AS ({linked_sql})", linked_params)] if op.linked_rows else [])
 
 
 def _run_as_one_statement(ops: list, conn) -> list[tuple[int, int]]:
@@ -300,12 +318,15 @@ def _run_as_one_statement(ops: list, conn) -> list[tuple[int, int]]:
         if isinstance(op, _Insert):
             inserts[op.model].extend(op.rows)
     for n, (model, rows) in enumerate(sorted(inserts.items(), key=lambda item: item[0]._meta.db_table)):
-        sql, params = insert_statement(model, rows)
-        parts.append((f"rows{n} AS ({sql})", params))
+        if rows:
+            sql, params = insert_statement(model, rows)
+            parts.append((f"rows{n} AS ({sql})", params))
     for n, op in enumerate(ops):
         if isinstance(op, _InsertLinked):
             parts += _linked_parts(op, f"new{n}")
             keys.append(f"SELECT {n}, {conn.ops.quote_name(op.model._meta.pk.column)} FROM new{n}")
+    if not parts:
+        return []
     sql = "WITH " + ", ".join(part for part, _ in parts) + " " + (" UNION ALL ".join(keys) or "SELECT 0, 0 WHERE false")
     cursor = _statement(sql, [v for _, params in parts for v in params], conn=conn)
     try:
@@ -693,7 +714,7 @@ class Writer(threading.Thread):
 
     def _commit(self, items: list) -> None:
         refresh_connection()
-        if connection.vendor == "postgresql" and all(type(op) in (_Insert, _InsertLinked) for op, _, _ in items):
+        if connection.vendor == "postgresql" and _fit_one_statement([op for op, _, _ in items]):
             self._commit_as_one_statement(items)
             return
         deltas: dict[int, int] = defaultdict(int)
@@ -732,7 +753,6 @@ class Writer(threading.Thread):
         if wal.fd is not None:
             os.close(wal.fd)
         _resolve(done)
-
 
     def _commit_as_one_statement(self, items: list) -> None:
         """PostgreSQL, a batch of inserts alone (the usual one: queued messages and their log

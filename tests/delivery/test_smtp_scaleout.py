@@ -164,6 +164,27 @@ def test_on_postgresql_a_batch_of_queued_messages_and_log_rows_is_one_statement(
     assert MessageLog.objects.filter(queue_id="LOGGED").exists()
 
 
+def test_a_message_too_large_for_one_statement_is_queued_in_several_and_one_without_recipients_alone(
+        transactional_db, bob, monkeypatch):
+    """A statement takes at most 65,535 parameters: past MAX_PARAMETERS the message and its
+    recipients go as separate INSERTs in one transaction."""
+    from delivery.models import QueuedMessage, QueuedRecipient
+
+    monkeypatch.setattr(db_writes, "MAX_PARAMETERS", 40)
+    sent = []
+    real_statement = db_writes._statement
+    monkeypatch.setattr(db_writes, "_statement", lambda sql, *a, **k: sent.append(sql.split()[0]) or real_statement(
+        sql, *a, **k))
+    addresses = [f"r{n}@many.test" for n in range(8)]
+    many = db_writes.insert_linked(QueuedMessage, queue_row("MANY"), QueuedRecipient, recipient_rows(*addresses),
+                                   "message")
+    assert sent == ["INSERT", "INSERT"]
+    alone = db_writes.insert_linked(QueuedMessage, queue_row("ALONE"), QueuedRecipient, [], "message")
+    assert sorted(QueuedRecipient.objects.filter(message_id=many).values_list("address", flat=True)) == addresses
+    assert QueuedMessage.objects.get(pk=alone).queue_id == "ALONE" and not QueuedRecipient.objects.filter(
+        message_id=alone).exists()
+
+
 def test_a_message_that_cannot_be_queued_fails_alone_in_its_batch(transactional_db, bob):
     from delivery.models import QueuedMessage, QueuedRecipient
 
