@@ -147,6 +147,20 @@ class RawSession:
         return False
 
 
+def welcomed_session(port: int, source: str = "127.0.0.1", within: float = 10.0) -> RawSession:
+    """A session that got its 220. The server frees a client's slot under
+    SMTP_MAX_CONNECTIONS_PER_IP only once it has seen the client close, a moment later under
+    load; until then a new session is refused with 421. The earlier clients include the
+    fixture's own readiness probes. Refused for good, it is still refused after `within`."""
+    deadline = time.monotonic() + within
+    while True:
+        session = RawSession(port, source=source)
+        if session.greeting.startswith("220") or time.monotonic() > deadline:
+            return session
+        session.close()
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def _module_smtp_service(django_db_setup, tmp_path_factory):
     from tests.dns_server import LoopbackDns

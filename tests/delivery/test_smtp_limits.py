@@ -7,7 +7,7 @@ import smtplib
 import time
 
 from delivery import replies
-from tests.smtp_fixtures import RawSession
+from tests.smtp_fixtures import RawSession, welcomed_session
 
 
 def test_ehlo_announces_the_limits_and_extensions(shared_smtp_service, settings):
@@ -53,18 +53,6 @@ def test_overlong_lines_are_refused_with_enhanced_codes(shared_smtp_service, bob
     assert session.reply() == replies.LINE_TOO_LONG
     assert session.command("NOOP").startswith("250")
     session.close()
-
-
-def welcomed_session(port: int, source: str = "127.0.0.1", within: float = 10.0) -> RawSession:
-    """A session that got its 220; the server frees a slot only once it has seen the earlier
-    client's close, so a refused attempt is retried until `within` runs out."""
-    deadline = time.monotonic() + within
-    while True:
-        session = RawSession(port, source=source)
-        if session.greeting.startswith("220") or time.monotonic() > deadline:
-            return session
-        session.close()
-        time.sleep(0.1)
 
 
 def test_connections_are_capped_per_client_address_and_in_total(smtp_service_factory, bob):
