@@ -197,8 +197,7 @@ class MessageLogViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
         if result := choice_filter(self.request, "result", MessageLog.Result):
             qs = qs.filter(result=result)
         if search := params.get("search", "").strip():
-            qs = qs.filter(Q(mail_from__icontains=search) | Q(recipients__icontains=search)
-                           | Q(subject__icontains=search) | Q(queue_id__iexact=search))
+            qs = qs.filter(MessageLog.matching(search))
         return qs
 
 

@@ -27,7 +27,7 @@ class QueuedMessage(models.Model):
         DSN = "dsn"
         AUTOREPLY = "autoreply"
 
-    queue_id = models.CharField(max_length=32, unique=True, default=new_queue_id)
+    queue_id = models.CharField(max_length=32, default=new_queue_id)
     sender = models.CharField(max_length=254, blank=True, help_text="envelope sender; empty: <>")
     data = models.BinaryField()
     size = models.PositiveIntegerField(default=0)
@@ -40,6 +40,12 @@ class QueuedMessage(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            # A constraint rather than unique=True: on PostgreSQL Django adds to a unique CharField
+            # a second index for LIKE 'prefix%' (varchar_pattern_ops), which no query here uses
+            # and every queued message paid for.
+            models.UniqueConstraint(fields=["queue_id"], name="queue_id_unique"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.queue_id} from <{self.sender}>"
@@ -111,7 +117,7 @@ class MessageLog(models.Model):
     )
     direction = models.CharField(max_length=16, choices=Direction.choices)
     result = models.CharField(max_length=16, choices=Result.choices)
-    queue_id = models.CharField(max_length=32, blank=True, db_index=True)
+    queue_id = models.CharField(max_length=32, blank=True)
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     helo = models.CharField(max_length=255, blank=True)
     tls = models.CharField(max_length=64, blank=True)
@@ -128,6 +134,9 @@ class MessageLog(models.Model):
             # The portal's per-domain log page, newest first.
             models.Index(fields=["domain", "-created_at"], name="log_domain_recent_idx"),
             models.Index(fields=["-created_at"], name="log_recent_idx"),
+            # `matching`'s exact queue id. Declared here, not with db_index=True, which on
+            # PostgreSQL adds a LIKE-prefix index as well that every logged message paid for.
+            models.Index(fields=["queue_id"], name="log_queue_id_idx"),
         ]
 
     def __str__(self) -> str:

@@ -194,18 +194,23 @@ def test_the_message_log_filters_by_direction_result_and_search(api, alice, exam
     for direction, result, sender, subject in rows:
         MessageLog.objects.create(domain=example_org, direction=direction, result=result, mail_from=sender,
                                   subject=subject)
-    MessageLog.objects.create(domain=other_test, direction="inbound", result="accepted", mail_from="ann@remote.test")
+    MessageLog.objects.create(domain=example_org, direction="submission", result="accepted", subject="Traced",
+                              mail_from="bob@example.org", queue_id="0123456789ABCDEF")
+    MessageLog.objects.create(domain=other_test, direction="inbound", result="accepted", mail_from="ann@remote.test",
+                              queue_id="FEDCBA9876543210")
     client = api(alice)
 
     def subjects(query):
         return sorted(r["subject"] for r in client.get(f"/api/message-log/{query}").json()["results"])
 
-    assert subjects("") == ["Hello", "Report", "Win"]
+    assert subjects("") == ["Hello", "Report", "Traced", "Win"]
     assert subjects("?direction=inbound") == ["Hello", "Win"]
     assert subjects("?direction=inbound&result=refused") == ["Win"]
     assert subjects("?search=REMOTE.test") == ["Hello"]
+    assert subjects("?search=0123456789abcdef") == ["Traced"]     # a queue id, in either case
+    assert subjects("?search=FEDCBA9876543210") == []              # another tenant's
     page = client.get("/api/message-log/?limit=2").json()
-    assert (page["count"], len(page["results"])) == (3, 2)
+    assert (page["count"], len(page["results"])) == (4, 2)
     assert "offset=2" in page["next"]
 
 

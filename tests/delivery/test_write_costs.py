@@ -3,9 +3,10 @@ per row, so a table written once per message keeps only the indexes its readers 
 
 from __future__ import annotations
 
-from django.db import connection
+import pytest
+from django.db import IntegrityError, connection, transaction
 
-from delivery.models import MessageLog
+from delivery.models import MessageLog, QueuedMessage
 
 
 def indexes_of(model) -> dict[str, list[str]]:
@@ -23,3 +24,22 @@ def test_a_domains_log_rows_go_with_the_domain(example_org):
     MessageLog.objects.create(domain=example_org, direction="inbound", result="accepted", queue_id="GOING")
     example_org.delete()
     assert not MessageLog.objects.filter(queue_id="GOING").exists()
+
+
+def test_queue_ids_have_one_index_each_with_no_like_prefix_twin(db):
+    with connection.cursor() as cursor:
+        for model in (QueuedMessage, MessageLog):
+            constraints = connection.introspection.get_constraints(cursor, model._meta.db_table).values()
+            on_queue_id = [c for c in constraints if c["columns"] == ["queue_id"] and (c["index"] or c["unique"])]
+            assert len(on_queue_id) == 1, model
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename IN (%s, %s) AND indexdef LIKE %s",
+                           [QueuedMessage._meta.db_table, MessageLog._meta.db_table, "%pattern_ops%"])
+            assert cursor.fetchall() == []
+
+
+def test_a_queue_id_is_still_unique(db):
+    QueuedMessage.objects.create(queue_id="0123456789ABCDEF", sender="bob@example.org", data=b"x")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        QueuedMessage.objects.create(queue_id="0123456789ABCDEF", sender="eve@example.org", data=b"y")
