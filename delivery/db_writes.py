@@ -293,13 +293,12 @@ def _fit_one_statement(ops: list) -> bool:
     return count <= MAX_PARAMETERS
 
 
-def _linked_parts(op: _InsertLinked, name: str) -> list[tuple[str, list]]:
+def _linked_parts(op: _InsertLinked, name: str, conn) -> list[tuple[str, list]]:
     """`op` as two WITH queries: `name` inserts the row and returns its key, the next inserts the
     linked rows, each taking the key by a subquery of `name`."""
-    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
-    pk = quote(op.model._meta.pk.column)
+    pk = conn.ops.quote_name(op.model._meta.pk.column)
     row_sql, row_params = insert_statement(op.model, [op.row])
-    fields, sql = _insert_sql(op.linked_model, connections[DEFAULT_DB_ALIAS].vendor)
+    fields, sql = _insert_sql(op.linked_model, conn.vendor)
     one = ", ".join(f"(SELECT {pk} FROM {name})" if i == op.link else "%s" for i in range(len(fields)))
     linked_sql = f"{sql.rpartition(' VALUES ')[0]} VALUES {', '.join([f'({one})'] * len(op.linked_rows))}"
     linked_params = [v for row in op.linked_rows for i, v in enumerate(row) if i != op.link]
@@ -323,7 +322,7 @@ def _run_as_one_statement(ops: list, conn) -> list[tuple[int, int]]:
             parts.append((f"rows{n} AS ({sql})", params))
     for n, op in enumerate(ops):
         if isinstance(op, _InsertLinked):
-            parts += _linked_parts(op, f"new{n}")
+            parts += _linked_parts(op, f"new{n}", conn)
             keys.append(f"SELECT {n}, {conn.ops.quote_name(op.model._meta.pk.column)} FROM new{n}")
     if not parts:
         return []
