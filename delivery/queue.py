@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import secrets
 import threading
 import time
@@ -86,43 +87,65 @@ def enqueue(sender: str, recipients: list[str], data: bytes, *,
 
 _last_kick = 0.0
 KICK_EXPIRES = 5.0
-_kick_lock = threading.Lock()
-_later: threading.Timer | None = None
+_kick_wanted = False
+_kick_sending = False
+_kick_changed = threading.Condition()
+_kicker: threading.Thread | None = None
 
 
 def kick() -> None:
-    """Ask a worker to claim due rows now instead of at the next beat tick.
+    """Ask a worker to claim due rows now instead of at the next beat tick; returns at once.
+
+    The kick goes to the broker from this process's kicker thread, never from the caller's:
+    an SMTP session answers 250 (and a portal request returns) without waiting on the broker.
+    A broker that accepts connections and never answers (a wedged Redis) used to hold the
+    session that kicked until its client gave up, and a client that gives up on a message we
+    had already queued sends it again. Without a broker at all the periodic sweep still finds
+    the rows.
 
     Throttled per process to one kick every QUEUE_KICK_INTERVAL (one kick covers every row
-    queued before it runs), and never fatal: without a broker the periodic sweep still finds
-    the rows. Mail queued while the throttle holds gets one kick at the end of the interval:
-    without it, the last messages of a burst waited for a worker still draining, or else for
-    the beat sweep, seconds away. A kick not taken up within KICK_EXPIRES is dropped unrun:
-    every worker was busy, and a busy worker keeps claiming what is due
+    queued before it runs). Mail queued while the throttle holds gets one kick at the end of
+    the interval: without it, the last messages of a burst waited for a worker still draining,
+    or else for the beat sweep, seconds away. A kick not taken up within KICK_EXPIRES is dropped
+    unrun: every worker was busy, and a busy worker keeps claiming what is due
     (`outbound.deliver_due`). Without the expiry, two submission processes kicking twice a
     second piled up dozens of sweeps behind each draining worker, each claiming anew.
     """
-    global _last_kick, _later
-    with _kick_lock:
-        wait = _last_kick + settings.QUEUE_KICK_INTERVAL - time.monotonic()
-        if wait > 0:
-            # A timer from before a fork is not alive in the child, so a child kicks too.
-            if _later is None or not _later.is_alive():
-                _later = threading.Timer(wait, _kick_now)
-                _later.daemon = True
-                _later.start()
-            return
+    global _kick_wanted, _kicker
+    with _kick_changed:
+        _kick_wanted = True
+        if _kicker is None or not _kicker.is_alive():
+            _kicker = threading.Thread(target=_send_kicks, name="queue-kicker", daemon=True)
+            _kicker.start()
+        _kick_changed.notify()
+
+
+def kick_now() -> None:
+    """Kick from this thread, unthrottled: for a command that exits right after (`queue
+    retry`), where a kicker thread could die with its kick unsent."""
+    global _last_kick
+    with _kick_changed:
         _last_kick = time.monotonic()
     _send_kick()
 
 
-def _kick_now() -> None:
-    global _last_kick, _later
-    with _kick_lock:
-        # Mail queued from here on may be committed after this kick's sweep has run: it gets
-        # a timer of its own.
-        _last_kick, _later = time.monotonic(), None
-    _send_kick()
+def _send_kicks() -> None:
+    global _kick_wanted, _kick_sending, _last_kick
+    while True:
+        with _kick_changed:
+            while not _kick_wanted:
+                _kick_changed.wait()
+            wait = _last_kick + settings.QUEUE_KICK_INTERVAL - time.monotonic()
+            if wait > 0:
+                _kick_changed.wait(wait)    # then look again: a cancel may have come meanwhile
+                continue
+            _kick_wanted, _kick_sending, _last_kick = False, True, time.monotonic()
+        try:
+            _send_kick()
+        finally:
+            with _kick_changed:
+                _kick_sending = False
+                _kick_changed.notify_all()
 
 
 def _send_kick() -> None:
@@ -132,6 +155,25 @@ def _send_kick() -> None:
         dispatch_due.apply_async(retry=False, expires=KICK_EXPIRES)
     except Exception as exc:  # noqa: BLE001 - the sweep is the safety net
         log.warning("could not signal the queue worker: %s", exc)
+
+
+def _forget_kicks_in_child() -> None:
+    """A forked child (runsmtp's copies, prefork workers) starts without the parent's kicker
+    thread, and perhaps with the parent's lock held by a thread it does not have."""
+    global _kick_changed, _kicker, _kick_wanted, _kick_sending
+    _kick_changed, _kicker, _kick_wanted, _kick_sending = threading.Condition(), None, False, False
+
+
+os.register_at_fork(after_in_child=_forget_kicks_in_child)
+
+
+def cancel_pending_kick(timeout: float = 10.0) -> None:
+    """Drop a kick not sent yet, and let one being sent finish (tests: none reaches the broker
+    during the next test)."""
+    global _kick_wanted
+    with _kick_changed:
+        _kick_wanted = False
+        _kick_changed.wait_for(lambda: not _kick_sending, timeout)
 
 
 # -- a draining worker's pause ---------------------------------------------------------------
@@ -170,13 +212,6 @@ def gather_pause(seconds: float) -> None:
         if latest == newest:
             return
         newest = latest
-
-
-def cancel_pending_kick() -> None:
-    """Drop a kick waiting for its interval (tests: none fires into the next test)."""
-    with _kick_lock:
-        if _later is not None:
-            _later.cancel()
 
 
 # -- claiming -------------------------------------------------------------------------------

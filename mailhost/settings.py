@@ -197,7 +197,13 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     for _folder in (CELERY_BROKER_DIR, VAR_DIR / "celery" / "processed", VAR_DIR / "celery" / "control"):
         _folder.mkdir(parents=True, exist_ok=True)
 else:
+    # Timeouts on the broker's sockets (redis-py has none by default): a Redis that accepts a
+    # connection and never answers, or one lost behind a moved address without a reset, would
+    # otherwise hold a kicker thread or a worker's consumer on one read for good. A worker's
+    # idle BRPOP returns every second, well inside them.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    if CELERY_BROKER_URL.startswith(("redis:", "rediss:")):
+        CELERY_BROKER_TRANSPORT_OPTIONS.update(socket_timeout=30, socket_connect_timeout=5)
 if CELERY_RESULT_BACKEND.startswith("file://"):
     Path(CELERY_RESULT_BACKEND.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_ACKS_LATE = True

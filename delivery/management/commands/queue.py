@@ -33,7 +33,7 @@ class Command(BaseCommand):
             return self._list(options["all"], options["sender"])
         if action == "retry" and options["all"] and not queue_id:
             n = queue.retry_all()
-            queue.kick()
+            queue.kick_now()
             self.stdout.write(f"{n} recipient(s) due now")
             return
         if action == "delete" and options["sender"] and not queue_id:
@@ -53,7 +53,7 @@ class Command(BaseCommand):
             self._show(message, options["body"])
         elif action == "retry":
             n = queue.retry_now(queue_id)
-            queue.kick()
+            queue.kick_now()
             self.stdout.write(f"{queue_id}: {n} recipient(s) due now")
         else:
             queue.delete(queue_id)
