@@ -113,11 +113,14 @@ def kick() -> None:
     """
     global _kick_wanted, _kicker
     with _kick_changed:
-        _kick_wanted = True
         if _kicker is None or not _kicker.is_alive():
             _kicker = threading.Thread(target=_send_kicks, name="queue-kicker", daemon=True)
             _kicker.start()
-        _kick_changed.notify()
+        if not _kick_wanted:
+            # Only news wakes the kicker: under load every message kicks, and waking it for each
+            # one while it waits out the interval was a thread switch a message for nothing.
+            _kick_wanted = True
+            _kick_changed.notify()
 
 
 def kick_now() -> None:
